@@ -10,7 +10,6 @@ Usage: python benchmarks/bench_assembly.py [--N 64 128 256] [--repeats 5]
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -18,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from nlss_fenicsx import meshes, pdes
+from nlss_fenicsx.bench.machine import machine_line
 
 
 def loop_assembly(points: np.ndarray, tris: np.ndarray, g: np.ndarray) -> sp.csr_matrix:
@@ -73,7 +73,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     time_dolfinx(8, 0)  # warm-up: JIT compilation of the forms is excluded
-    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
+    print(f"machine: {machine_line()}")
     print("medians in ms; 'mesh' = nodes + Delaunay (+ Gmsh model and dolfinx Mesh for ours)")
     print(f"{'N':>5} {'n':>7} | {'ours: mesh':>10} {'assemble':>9} {'total':>8} | "
           f"{'loop: mesh':>10} {'assemble':>9} {'total':>8} | {'asm ratio':>9} {'total ratio':>11}")

@@ -1,0 +1,1 @@
+"""Experiments: timed method runs, benchmark tables and figures (sits on everything)."""

@@ -1,0 +1,233 @@
+"""One solve of one assembled instance by one method, timed phase by phase.
+
+Phases (DESIGN.md section 4), seconds from :func:`time.perf_counter`:
+
+``smoothing``  building S (two-grid methods with S only)
+``inference``  building the coarse basis P from S (or from A for SA-AMG)
+``setup``      everything else before the iteration: Ac and its Cholesky factor for the
+               two-grid methods, the preconditioner set-up for the peers, the
+               factorisation for the direct solver
+``solve``      the Krylov iteration to ||b - A x|| / ||b|| < rtol (or the triangular solves)
+``total``      the sum
+
+Two-grid methods run through :class:`nlss_fenicsx.petsc.TwoGridPC` (``path="petsc"``) or
+the SciPy reference :class:`nlss_fenicsx.twogrid.TwoGrid` + :func:`~nlss_fenicsx.twogrid.pcg`
+(``path="scipy"``). The peers are the solvers a user would otherwise pick: Jacobi-CG,
+ICC(0)-CG, PETSc GAMG-CG (PETSc), PyAMG smoothed aggregation V-cycle as the CG
+preconditioner, and a sparse direct Cholesky (PETSc).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from nlss_fenicsx._fenicsx import PETSc
+
+__all__ = [
+    "PEERS",
+    "TWOGRID_COARSE",
+    "MethodSpec",
+    "Record",
+    "run_method",
+]
+
+TWOGRID_COARSE = ("svd", "sa", "nlss", "subspace", "gnn")
+PEERS = ("jacobi", "icc", "pyamg", "gamg", "cholesky")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What to run. ``name`` is a two-grid coarse space or a peer name."""
+
+    name: str
+    rank: int = 48
+    K: int = 72
+    sweeps: int = 10
+    nu: int = 5
+    omega: float = 0.66
+    rtol: float = 1e-6
+    path: str = "petsc"
+    model: str | None = None
+    seed: int = 0
+    maxiter: int = 10000
+
+    def __post_init__(self):
+        if self.name not in TWOGRID_COARSE + PEERS:
+            raise ValueError(f"Unrecognized method {self.name!r}; expected one of "
+                             f"{TWOGRID_COARSE + PEERS}")
+        if self.path not in ("petsc", "scipy"):
+            raise ValueError(f"Unrecognized path {self.path!r}; expected 'petsc' or 'scipy'")
+
+    @property
+    def label(self) -> str:
+        if self.name in PEERS:
+            return {"jacobi": "Jacobi-CG", "icc": "ICC(0)-CG", "pyamg": "PyAMG-SA-CG",
+                    "gamg": "GAMG-CG", "cholesky": "Cholesky"}[self.name]
+        label = {"svd": "SVD", "sa": "SA-AMG", "nlss": "NLSS", "subspace": "Subspace",
+                 "gnn": "GNN"}[self.name]
+        return label + (" (SciPy)" if self.path == "scipy" else "")
+
+
+@dataclass
+class Record:
+    """Result of one timed solve."""
+
+    method: str
+    rank: int | None
+    iterations: int
+    converged: bool
+    rel_residual: float
+    phases: dict = field(default_factory=dict)
+    coarse_size: int | None = None
+    x: np.ndarray | None = None
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("x")
+        return d
+
+
+def _phases(smoothing=0.0, inference=0.0, setup=0.0, solve=0.0) -> dict:
+    p = {"smoothing": smoothing, "inference": inference, "setup": setup, "solve": solve}
+    p["total"] = sum(p.values())
+    return p
+
+
+def _rel_res(A_csr, x, b) -> float:
+    nb = np.linalg.norm(b)
+    return float(np.linalg.norm(b - A_csr @ x) / (nb if nb > 0 else 1.0))
+
+
+def _ksp(A, ksp_type: str, rtol: float, maxiter: int, prefix: str):
+    ksp = PETSc.KSP().create(comm=A.getComm())
+    ksp.setOptionsPrefix(prefix)
+    ksp.setOperators(A)
+    ksp.setType(ksp_type)
+    ksp.setTolerances(rtol=rtol, atol=0.0, max_it=maxiter)
+    if ksp_type == "cg":
+        ksp.setNormType(PETSc.KSP.NormType.UNPRECONDITIONED)
+    return ksp
+
+
+def _run_ksp(system, ksp) -> tuple[np.ndarray, float, float, int]:
+    from nlss_fenicsx.petsc import check_converged
+
+    b = system.A.createVecRight()
+    b.setArray(system.b)
+    x = system.A.createVecLeft()
+    t0 = time.perf_counter()
+    ksp.setUp()
+    t1 = time.perf_counter()
+    ksp.solve(b, x)
+    t2 = time.perf_counter()
+    its = check_converged(ksp)
+    out = x.getArray().copy()
+    for v in (b, x):
+        v.destroy()
+    return out, t1 - t0, t2 - t1, its
+
+
+def _twogrid_petsc(system, spec: MethodSpec, **given) -> Record:
+    from nlss_fenicsx.petsc import PCOptions, TwoGridPC
+
+    opts = PCOptions(coarse=spec.name, model=spec.model, rank=spec.rank, K=spec.K,
+                     sweeps=spec.sweeps, nu=spec.nu, omega=spec.omega, seed=spec.seed)
+    ksp = _ksp(system.A, "cg", spec.rtol, spec.maxiter, "nlss_bench_")
+    pc = ksp.getPC()
+    pc.setType(PETSc.PC.Type.PYTHON)
+    ctx = TwoGridPC(options=opts, **given)
+    pc.setPythonContext(ctx)
+    try:
+        x, _setup_total, t_solve, its = _run_ksp(system, ksp)
+    finally:
+        ksp.destroy()
+    t = ctx.timings
+    return Record(method=spec.label, rank=spec.rank if spec.name != "sa" else None,
+                  iterations=its, converged=True, rel_residual=_rel_res(system.A_csr, x, system.b),
+                  phases=_phases(t["smoothing"], t["inference"], t["setup"], t_solve),
+                  coarse_size=ctx.coarse_size, x=x)
+
+
+def _twogrid_scipy(system, spec: MethodSpec) -> Record:
+    from nlss_fenicsx.coarse import sa_amg_basis, svd_basis
+    from nlss_fenicsx.smoothing import smoothed_vectors
+    from nlss_fenicsx.twogrid import TwoGrid, pcg
+
+    A = system.A_csr
+    t0 = time.perf_counter()
+    S = None
+    if spec.name != "sa":
+        S = smoothed_vectors(A, spec.K, sweeps=spec.sweeps, omega=spec.omega, rng=spec.seed)
+    t1 = time.perf_counter()
+    if spec.name == "svd":
+        P = svd_basis(S, spec.rank)
+    elif spec.name == "sa":
+        P = sa_amg_basis(A, seed=spec.seed)
+    else:
+        from nlss_fenicsx.nn.inference import load_model
+
+        model = load_model(spec.model)
+        model.check_compatible(n=A.shape[0], K=spec.K)
+        P = model.basis(S, spec.rank, grid_order=system.grid_order)
+    t2 = time.perf_counter()
+    tg = TwoGrid(A, P, nu_pre=spec.nu, nu_post=spec.nu, omega=spec.omega)
+    t3 = time.perf_counter()
+    x, info = pcg(A, system.b, tg, rtol=spec.rtol, maxiter=spec.maxiter)
+    t4 = time.perf_counter()
+    info.raise_if_failed()
+    return Record(method=spec.label, rank=spec.rank if spec.name != "sa" else None,
+                  iterations=info.iterations, converged=info.converged,
+                  rel_residual=_rel_res(A, x, system.b),
+                  phases=_phases(t1 - t0, t2 - t1, t3 - t2, t4 - t3),
+                  coarse_size=P.shape[1], x=x)
+
+
+def _peer(system, spec: MethodSpec) -> Record:
+    A = system.A
+    if spec.name == "pyamg":
+        import pyamg
+
+        from nlss_fenicsx.twogrid import pcg
+
+        t0 = time.perf_counter()
+        ml = pyamg.smoothed_aggregation_solver(system.A_csr, B=np.ones((system.n, 1)))
+        M = ml.aspreconditioner(cycle="V")
+        t1 = time.perf_counter()
+        x, info = pcg(system.A_csr, system.b, M, rtol=spec.rtol, maxiter=spec.maxiter)
+        t2 = time.perf_counter()
+        info.raise_if_failed()
+        return Record(method=spec.label, rank=None, iterations=info.iterations,
+                      converged=True, rel_residual=_rel_res(system.A_csr, x, system.b),
+                      phases=_phases(setup=t1 - t0, solve=t2 - t1),
+                      coarse_size=ml.levels[1].A.shape[0] if len(ml.levels) > 1 else None,
+                      x=x)
+    if spec.name == "cholesky":
+        ksp = _ksp(A, "preonly", spec.rtol, 1, "nlss_bench_")
+        ksp.getPC().setType(PETSc.PC.Type.CHOLESKY)
+    else:
+        ksp = _ksp(A, "cg", spec.rtol, spec.maxiter, "nlss_bench_")
+        ksp.getPC().setType({"jacobi": PETSc.PC.Type.JACOBI, "icc": PETSc.PC.Type.ICC,
+                             "gamg": PETSc.PC.Type.GAMG}[spec.name])
+    try:
+        x, t_setup, t_solve, its = _run_ksp(system, ksp)
+    finally:
+        ksp.destroy()
+    return Record(method=spec.label, rank=None, iterations=its, converged=True,
+                  rel_residual=_rel_res(system.A_csr, x, system.b),
+                  phases=_phases(setup=t_setup, solve=t_solve), x=x)
+
+
+def run_method(system, spec: MethodSpec, **given) -> Record:
+    """Solve ``system`` with ``spec`` and time each phase (serial).
+
+    ``given`` passes ``P=`` or ``S=`` through to :class:`~nlss_fenicsx.petsc.TwoGridPC`.
+    Raises :class:`~nlss_fenicsx.twogrid.ConvergenceError` if the solve does not converge.
+    """
+    if spec.name in PEERS:
+        return _peer(system, spec)
+    if spec.path == "scipy":
+        return _twogrid_scipy(system, spec)
+    return _twogrid_petsc(system, spec, **given)

@@ -1,0 +1,548 @@
+"""The NeuraLSP model: a global MLP with a QR head (paper Sec. 4.2), and its checkpoints.
+
+``NLSSMLP`` is the torch module: smoothed vectors ``S`` (grid order) in, an orthonormal
+coarse basis ``P`` out. ``NLSSModel`` wraps it with the metadata a checkpoint must carry
+(sizes, PDE, loss, versions) and gives the NumPy entry point :meth:`NLSSModel.basis`
+used by the two-grid preconditioner, in dolfinx's dof order.
+
+Checkpoint format (one ``torch.save`` dictionary, loadable with ``weights_only=True``)::
+
+    {"format": "nlss_fenicsx.NLSSModel", "format_version": 1,
+     "state_dict": {...}, "metadata": {...}, "optimizer": dict | None, "step": int | None}
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["CheckpointError", "MLPConfig", "NLSSMLP", "NLSSModel"]
+
+CHECKPOINT_FORMAT = "nlss_fenicsx.NLSSModel"
+CHECKPOINT_VERSION = 1
+_REQUIRED_KEYS = ("format", "format_version", "state_dict", "metadata")
+
+_ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, unreadable, of another format, or does not fit the problem."""
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Architecture of :class:`NLSSMLP`.
+
+    Parameters
+    ----------
+    n : int
+        Number of unknowns (grid nodes), ``(N + 1)**2`` on the paper's meshes.
+    K : int
+        Number of smoothed vectors (columns of ``S``).
+    r_max : int
+        Number of basis columns the network produces; ``1 <= r_max <= K``.
+    hidden : tuple of int, default (128, 256, 256, 128)
+        Hidden-layer widths (the paper's PDE-solving model). ``(128,)`` is the paper's
+        small captured-energy model; ``()`` gives a single linear map.
+    layernorm : bool, default True
+        LayerNorm after each hidden Linear (before the activation).
+    activation : {'gelu', 'relu', 'tanh'}, default 'gelu'
+        Hidden activation.
+
+    Examples
+    --------
+    >>> MLPConfig(n=81, K=8, r_max=8, hidden=(32, 32)).hidden
+    (32, 32)
+    """
+
+    n: int
+    K: int
+    r_max: int
+    hidden: tuple[int, ...] = (128, 256, 256, 128)
+    layernorm: bool = True
+    activation: str = "gelu"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        for name in ("n", "K", "r_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"MLPConfig.{name} must be a positive integer; got {value!r}")
+            object.__setattr__(self, name, int(value))
+        if self.K > self.n:
+            raise ValueError(
+                f"MLPConfig needs K <= n (no more smoothed vectors than unknowns); "
+                f"got K={self.K}, n={self.n}"
+            )
+        if self.r_max > self.K:
+            raise ValueError(
+                f"MLPConfig needs 1 <= r_max <= K (rank of S is at most K); "
+                f"got r_max={self.r_max}, K={self.K}"
+            )
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"MLPConfig.hidden widths must be positive; got {self.hidden}")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"Unrecognized activation {self.activation!r}; expected one of "
+                f"{sorted(_ACTIVATIONS)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-python form (``hidden`` as a list), as stored in checkpoints."""
+        d = asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+
+class NLSSMLP(nn.Module):
+    """Global MLP with a QR head: ``S`` (grid order) -> orthonormal ``P``.
+
+    Layers: ``n*K -> hidden[0] -> ... -> hidden[-1] -> n*r_max``, each hidden layer being
+    Linear -> LayerNorm -> GELU (paper Fig. 2), then a reduced QR of the ``n x r``
+    output, with the signs fixed so that ``diag(R) >= 0`` (this makes ``Q`` unique and a
+    continuous function of the network output). Linear weights use He (Kaiming normal,
+    ``nonlinearity='relu'``) initialisation and zero biases.
+
+    Input scaling: inside :meth:`forward`, each column of ``S`` is scaled to unit 2-norm
+    and the whole input multiplied by ``sqrt(n)``, so entries are O(1) whatever the
+    scale of ``S`` (the smoother already normalises columns; redoing it here makes every
+    caller see the same input). All-zero columns stay zero. ``S`` is flattened
+    row-major (node-major), so input feature ``i*K + c`` is ``S[i, c]``.
+
+    Output layout: the last Linear produces ``r_max`` blocks of ``n`` values, feature
+    ``j*n + i`` being entry ``(i, j)`` of the raw basis. The first ``r`` columns are then
+    the first ``r*n`` rows of the last weight matrix, so ``forward(S, r=r)`` computes only
+    those. Since QR (Gram-Schmidt) is nested, the result equals the first ``r`` columns of
+    ``forward(S)`` exactly (up to rounding).
+
+    Parameters
+    ----------
+    config : MLPConfig
+        Architecture.
+    """
+
+    def __init__(self, config: MLPConfig) -> None:
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        width = config.n * config.K
+        for h in config.hidden:
+            layers.append(nn.Linear(width, h))
+            if config.layernorm:
+                layers.append(nn.LayerNorm(h))
+            layers.append(_ACTIVATIONS[config.activation]())
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, config.n * config.r_max)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation of every Linear layer (the paper's PyTorch default), zero biases."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                module.reset_parameters()
+
+    def forward(self, S: torch.Tensor, r: int | None = None) -> torch.Tensor:
+        """Orthonormal basis from smoothed vectors.
+
+        Parameters
+        ----------
+        S : torch.Tensor
+            Smoothed vectors in grid order, shape ``(batch, n, K)`` or ``(n, K)``; cast
+            to the network's dtype.
+        r : int, optional
+            Number of columns to compute, ``1 <= r <= r_max``; default ``r_max``.
+
+        Returns
+        -------
+        torch.Tensor
+            ``P`` with orthonormal columns, shape ``(batch, n, r)`` (or ``(n, r)`` for
+            unbatched input).
+        """
+        cfg = self.config
+        r = cfg.r_max if r is None else int(r)
+        if not 1 <= r <= cfg.r_max:
+            raise ValueError(f"r must satisfy 1 <= r <= r_max={cfg.r_max}; got r={r}")
+        if S.ndim not in (2, 3) or tuple(S.shape[-2:]) != (cfg.n, cfg.K):
+            raise ValueError(
+                f"model was built for S of shape (batch, {cfg.n}, {cfg.K}) or "
+                f"({cfg.n}, {cfg.K}); got S of shape {tuple(S.shape)}"
+            )
+        unbatched = S.ndim == 2
+        if unbatched:
+            S = S.unsqueeze(0)
+        S = S.to(self.head.weight.dtype)  # e.g. float64 data into a float32 network
+        norms = torch.linalg.vector_norm(S, dim=-2, keepdim=True)
+        norms = torch.where(norms > 0, norms, torch.ones_like(norms))
+        x = (S * (math.sqrt(cfg.n) / norms)).reshape(S.shape[0], cfg.n * cfg.K)
+        x = self.body(x)
+        rows = r * cfg.n  # the first r columns are a contiguous block of output rows
+        raw = nn.functional.linear(x, self.head.weight[:rows], self.head.bias[:rows])
+        raw = raw.reshape(S.shape[0], r, cfg.n).transpose(-1, -2)  # (batch, n, r)
+        Q, R = torch.linalg.qr(raw, mode="reduced")
+        signs = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))
+        signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+        P = Q * signs.unsqueeze(-2)
+        return P[0] if unbatched else P
+
+
+def _plain(obj: Any, where: str) -> Any:
+    """Convert metadata to types ``torch.load(weights_only=True)`` accepts, or raise."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or type(obj) in (bool, int, float, str) or isinstance(obj, torch.Tensor):
+        return obj
+    for kind in (bool, int, float, str):  # subclasses (e.g. torch's TorchVersion) -> base
+        if isinstance(obj, kind):
+            return kind(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, list | tuple):
+        return type(obj)(_plain(v, f"{where}[{i}]") for i, v in enumerate(obj))
+    if isinstance(obj, dict):
+        out = {}
+        for key, value in obj.items():
+            if not isinstance(key, str):
+                raise TypeError(f"checkpoint metadata keys must be str; got {key!r} in {where}")
+            out[key] = _plain(value, f"{where}[{key!r}]")
+        return out
+    raise TypeError(
+        f"checkpoint metadata {where} has unsupported type {type(obj).__name__}; use plain "
+        f"python values (None, bool, int, float, str, list, tuple, dict) or tensors"
+    )
+
+
+class NLSSModel:
+    """A trained (or trainable) NeuraLSP model with the metadata its checkpoint carries.
+
+    Parameters
+    ----------
+    config : MLPConfig
+        Architecture (sizes ``n``, ``K``, ``r_max``).
+    N : int, optional
+        Mesh resolution the model was trained on (``n = (N + 1)**2``).
+    pde : str, optional
+        PDE family, e.g. ``'diffusion'``.
+    preset : str, optional
+        Coefficient preset of the family (e.g. ``'paper'`` or ``'code'``).
+    loss : str, optional
+        Training loss, e.g. ``'nlss'`` or ``'subspace'``.
+    extra : dict, optional
+        Any further plain-python metadata (seeds, steps, timings).
+    net : NLSSMLP, optional
+        An existing network; a freshly initialised one by default.
+
+    Attributes
+    ----------
+    net : NLSSMLP
+        The torch module (train it directly).
+    metadata : dict
+        ``n, K, r_max, N, pde, preset, loss, version, torch_version, config, extra``.
+    path : pathlib.Path or None
+        File it was loaded from, if any.
+    step : int or None
+        Training step stored in the checkpoint it was loaded from.
+    optimizer_state : dict or None
+        Optimizer ``state_dict`` stored in that checkpoint (to resume training).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> model = NLSSModel(MLPConfig(n=9, K=4, r_max=3, hidden=(16,)), pde="diffusion")
+    >>> P = model.basis(np.random.default_rng(0).standard_normal((9, 4)), r=2)
+    >>> P.shape, bool(np.allclose(P.T @ P, np.eye(2), atol=1e-5))
+    ((9, 2), True)
+    """
+
+    def __init__(
+        self,
+        config: MLPConfig,
+        *,
+        N: int | None = None,
+        pde: str | None = None,
+        preset: str | None = None,
+        loss: str | None = None,
+        extra: dict[str, Any] | None = None,
+        net: NLSSMLP | None = None,
+    ) -> None:
+        from nlss_fenicsx import __version__
+
+        if net is None:
+            net = NLSSMLP(config)
+        elif net.config != config:
+            raise ValueError(f"net was built for {net.config}, which differs from {config}")
+        self.config = config
+        self.net = net
+        self.metadata: dict[str, Any] = _plain(
+            {
+                "n": config.n,
+                "K": config.K,
+                "r_max": config.r_max,
+                "N": N,
+                "pde": pde,
+                "preset": preset,
+                "loss": loss,
+                "version": __version__,
+                "torch_version": torch.__version__,
+                "config": config.to_dict(),
+                "extra": dict(extra or {}),
+            },
+            "metadata",
+        )
+        self.path: Path | None = None
+        self.step: int | None = None
+        self.optimizer_state: dict[str, Any] | None = None
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return (
+            f"NLSSModel(n={m['n']}, K={m['K']}, r_max={m['r_max']}, pde={m['pde']!r}, "
+            f"loss={m['loss']!r}, parameters={self.num_parameters()})"
+        )
+
+    # ---------------------------------------------------------------- inference
+    @property
+    def n(self) -> int:
+        """Number of unknowns the model was built for."""
+        return self.config.n
+
+    @property
+    def K(self) -> int:
+        """Number of smoothed vectors the model was built for."""
+        return self.config.K
+
+    @property
+    def r_max(self) -> int:
+        """Largest rank the model produces."""
+        return self.config.r_max
+
+    def num_parameters(self) -> int:
+        """Number of trainable scalars in the network."""
+        return sum(p.numel() for p in self.net.parameters())
+
+    def to(self, device: torch.device | str) -> NLSSModel:
+        """Move the network to ``device`` (in place) and return ``self``."""
+        self.net.to(device)
+        return self
+
+    def basis(self, S: np.ndarray, r: int, grid_order: np.ndarray | None = None) -> np.ndarray:
+        """Coarse basis ``P`` (``n x r``, orthonormal, float64, dof order) from ``S``.
+
+        Parameters
+        ----------
+        S : numpy.ndarray
+            Smoothed vectors, shape ``(n, K)``, in dof order.
+        r : int
+            Rank, ``1 <= r <= r_max``; the first ``r`` columns of the nested basis.
+        grid_order : numpy.ndarray of int, optional
+            ``grid_order[g]`` is the dof of grid node ``g`` (``pdes.System.grid_order``).
+            The network sees ``S[grid_order]``; the result is mapped back to dof order.
+            ``None`` means dof order is grid order.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``P`` of shape ``(n, r)``, float64. Orthonormal to the network's precision
+            (float32: about 1e-6); the two-grid method only needs its span.
+
+        Raises
+        ------
+        ValueError
+            If ``S`` does not have the model's shape ``(n, K)``, ``r`` is out of range, or
+            ``grid_order`` is not a permutation of ``range(n)``.
+        """
+        S = np.asarray(S)
+        cfg = self.config
+        if S.ndim != 2 or S.shape != (cfg.n, cfg.K):
+            raise ValueError(
+                f"model was trained for n={cfg.n}, K={cfg.K}; got S of shape {S.shape}"
+            )
+        if isinstance(r, bool) or not isinstance(r, int | np.integer) or not 1 <= r <= cfg.r_max:
+            raise ValueError(f"r must satisfy 1 <= r <= r_max={cfg.r_max}; got r={r!r}")
+        if grid_order is not None:
+            grid_order = np.asarray(grid_order)
+            if (
+                grid_order.shape != (cfg.n,)
+                or not np.issubdtype(grid_order.dtype, np.integer)
+                or not np.array_equal(np.sort(grid_order), np.arange(cfg.n))
+            ):
+                raise ValueError(
+                    f"grid_order must be a permutation of range({cfg.n}); got an array of "
+                    f"shape {grid_order.shape} and dtype {grid_order.dtype}"
+                )
+            S = S[grid_order]
+        param = next(self.net.parameters())
+        with torch.inference_mode():
+            S_t = torch.as_tensor(np.ascontiguousarray(S), dtype=param.dtype, device=param.device)
+            P_grid = self.net(S_t, r=int(r)).cpu().numpy().astype(np.float64)
+        if grid_order is None:
+            return P_grid
+        P = np.empty_like(P_grid)
+        P[grid_order] = P_grid
+        return P
+
+    def check_compatible(
+        self, *, n: int | None = None, K: int | None = None, pde: str | None = None
+    ) -> None:
+        """Raise :class:`CheckpointError` if the model does not fit the problem.
+
+        Parameters
+        ----------
+        n, K : int, optional
+            The problem's number of unknowns and of smoothed vectors.
+        pde : str, optional
+            The problem's PDE family; checked only if the model records one.
+
+        Raises
+        ------
+        CheckpointError
+            Naming every mismatch, with the model's and the problem's values.
+        """
+        mine = {"n": self.config.n, "K": self.config.K, "pde": self.metadata.get("pde")}
+        given = {"n": n, "K": K, "pde": pde}
+        bad = [
+            k for k in mine if given[k] is not None and mine[k] is not None and mine[k] != given[k]
+        ]
+        if bad:
+            where = f"checkpoint {self.path}" if self.path is not None else "model"
+            have = ", ".join(f"{k}={mine[k]!r}" for k in bad)
+            want = ", ".join(f"{k}={given[k]!r}" for k in bad)
+            raise CheckpointError(f"{where} was trained for {have}; the problem has {want}")
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(
+        self,
+        path: str | os.PathLike,
+        *,
+        optimizer: torch.optim.Optimizer | None = None,
+        step: int | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write a checkpoint atomically (temporary file in the same folder, then rename).
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Destination; its folder must exist.
+        optimizer : torch.optim.Optimizer, optional
+            Its ``state_dict`` is stored so that training can resume.
+        step : int, optional
+            Training step to record.
+        extra : dict, optional
+            Merged into ``metadata['extra']`` of the written file (``self`` is unchanged).
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+        """
+        path = Path(path)
+        metadata = dict(self.metadata)
+        metadata["extra"] = {**metadata.get("extra", {}), **_plain(extra or {}, "extra")}
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "state_dict": self.net.state_dict(),
+            "metadata": _plain(metadata, "metadata"),
+            "optimizer": None if optimizer is None else optimizer.state_dict(),
+            "step": None if step is None else int(step),
+        }
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(payload, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, map_location: Any = "cpu") -> NLSSModel:
+        """Read a checkpoint written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Checkpoint file.
+        map_location : str or torch.device, default 'cpu'
+            Passed to :func:`torch.load`.
+
+        Returns
+        -------
+        NLSSModel
+            With ``path``, ``step`` and ``optimizer_state`` set from the file.
+
+        Raises
+        ------
+        CheckpointError
+            If the file is missing, truncated or corrupt, of another format or format
+            version, lacks required entries, or its weights do not fit its config.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+        try:
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(
+                f"checkpoint {path} is truncated or corrupt: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            tag = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+            raise CheckpointError(
+                f"checkpoint {path} is not an nlss_fenicsx model checkpoint: expected format "
+                f"{CHECKPOINT_FORMAT!r}, got {tag!r}"
+            )
+        missing = [k for k in _REQUIRED_KEYS if k not in payload]
+        if missing:
+            raise CheckpointError(f"checkpoint {path} lacks required entries {missing}")
+        version = payload["format_version"]
+        if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"checkpoint {path} has format version {version!r}; this nlss_fenicsx reads "
+                f"versions 1..{CHECKPOINT_VERSION}"
+            )
+        metadata = payload["metadata"]
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("config"), dict):
+            raise CheckpointError(f"checkpoint {path} lacks metadata['config']")
+        try:
+            config = MLPConfig(**metadata["config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"checkpoint {path} has an invalid config: {exc}") from exc
+        model = cls(
+            config,
+            N=metadata.get("N"),
+            pde=metadata.get("pde"),
+            preset=metadata.get("preset"),
+            loss=metadata.get("loss"),
+            extra=metadata.get("extra"),
+        )
+        try:
+            model.net.load_state_dict(payload["state_dict"])
+        except (RuntimeError, TypeError, KeyError) as exc:
+            raise CheckpointError(
+                f"checkpoint {path} weights do not fit its config {config}: {exc}"
+            ) from exc
+        if isinstance(map_location, str | torch.device):
+            model.net.to(map_location)
+        model.metadata = metadata  # keep what was written (versions of the writer included)
+        model.path = path
+        model.step = payload.get("step")
+        model.optimizer_state = payload.get("optimizer")
+        return model

@@ -1,0 +1,404 @@
+"""The NeuraLSP two-grid preconditioner as a PETSc python PC, for any dolfinx model.
+
+Select it purely through PETSc options, e.g. in a dolfinx ``LinearProblem``::
+
+    petsc_options = {
+        "ksp_type": "cg", "ksp_rtol": 1e-6,
+        "pc_type": "python", "pc_python_type": "nlss_fenicsx.petsc.TwoGridPC",
+        "nlss_coarse": "svd", "nlss_rank": 48, "nlss_K": 72,
+    }
+
+Options are read under the PC's own prefix (``LinearProblem``'s ``petsc_options_prefix``):
+
+==================  =======  =========================================================
+option              default  meaning
+==================  =======  =========================================================
+``nlss_coarse``     svd      coarse space: ``svd`` | ``sa`` | ``nlss`` (learned model)
+``nlss_model``               checkpoint path, for ``nlss``
+``nlss_rank``       48       coarse rank r (svd, nlss)
+``nlss_K``          72       number of smoothed vectors K
+``nlss_sweeps``     10       Jacobi sweeps that smooth the K random vectors
+``nlss_nu``         5        pre- and post-smoothing sweeps of the two-grid cycle
+``nlss_omega``      0.66     Jacobi weight (smoothing of S and the cycle)
+``nlss_seed``       0        seed of the random start vectors
+==================  =======  =========================================================
+
+On ``setUp`` the PC takes ``A`` from its operators, builds ``S`` (distributed by rows,
+PETSc dense block products), the coarse basis ``P`` and then a native two-level
+``PCMG``: ``P`` is the interpolation (a dense, or MPI dense, matrix), the coarse operator is
+Galerkin, each level smoother is ``nu`` sweeps of Richardson + Jacobi scaled by ``omega``,
+and the coarse level is a Cholesky solve (redundant in parallel). Every application then
+runs in C. It is the same operator as :class:`nlss_fenicsx.twogrid.TwoGrid`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from nlss_fenicsx._fenicsx import MPI, PETSc
+
+__all__ = [
+    "PCOptions",
+    "TwoGridPC",
+    "check_converged",
+    "converged_reason_name",
+    "dense_from_rows",
+    "smoothed_vectors_petsc",
+]
+
+COARSE_KINDS = ("svd", "sa", "nlss", "subspace", "gnn")
+
+
+def converged_reason_name(reason: int) -> str:
+    """PETSc's name for a KSP converged reason (e.g. ``DIVERGED_ITS``)."""
+    for name in dir(PETSc.KSP.ConvergedReason):
+        if not name.startswith("_") and getattr(PETSc.KSP.ConvergedReason, name) == reason:
+            return name
+    return str(reason)
+
+
+def check_converged(ksp) -> int:
+    """Raise ``RuntimeError`` naming PETSc's reason unless ``ksp`` converged.
+
+    Returns the iteration count. A non-converging solve is never silent.
+    """
+    from nlss_fenicsx.twogrid import ConvergenceError
+
+    reason = ksp.getConvergedReason()
+    if reason <= 0:
+        raise ConvergenceError(
+            f"KSP did not converge: {converged_reason_name(reason)} ({reason}) after "
+            f"{ksp.getIterationNumber()} iterations, residual norm {ksp.getResidualNorm():.3e}",
+            None,
+        )
+    return ksp.getIterationNumber()
+
+
+@dataclass(frozen=True)
+class PCOptions:
+    """The ``nlss_*`` options of :class:`TwoGridPC` (see the module docstring)."""
+
+    coarse: str = "svd"
+    model: str | None = None
+    rank: int = 48
+    K: int = 72
+    sweeps: int = 10
+    nu: int = 5
+    omega: float = 0.66
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.coarse not in COARSE_KINDS:
+            raise ValueError(
+                f"Unrecognized nlss_coarse {self.coarse!r}; expected one of {COARSE_KINDS}")
+        for name, lo in (("rank", 1), ("K", 1), ("sweeps", 0), ("nu", 0)):
+            if getattr(self, name) < lo:
+                raise ValueError(f"nlss_{name} must be >= {lo}, got {getattr(self, name)}")
+        if not self.omega > 0:
+            raise ValueError(f"nlss_omega must be > 0, got {self.omega}")
+        if self.coarse in ("svd", "nlss", "subspace", "gnn") and self.rank > self.K:
+            raise ValueError(f"nlss_rank must be <= nlss_K, got rank {self.rank} > K {self.K}")
+
+    @classmethod
+    def from_petsc(cls, prefix: str | None) -> PCOptions:
+        opts = PETSc.Options(prefix or None)
+        d = cls()
+        model = opts.getString("nlss_model", "") or None
+        return cls(
+            coarse=opts.getString("nlss_coarse", d.coarse),
+            model=model,
+            rank=opts.getInt("nlss_rank", d.rank),
+            K=opts.getInt("nlss_K", d.K),
+            sweeps=opts.getInt("nlss_sweeps", d.sweeps),
+            nu=opts.getInt("nlss_nu", d.nu),
+            omega=opts.getReal("nlss_omega", d.omega),
+            seed=opts.getInt("nlss_seed", d.seed),
+        )
+
+
+def _rows(A) -> tuple[int, int]:
+    return A.getOwnershipRange()
+
+
+def dense_from_rows(comm, rows: np.ndarray, n_global: int) -> PETSc.Mat:
+    """A (MPI) dense PETSc matrix whose owned rows are ``rows`` (local block, n_local x k)."""
+    rows = np.ascontiguousarray(rows, dtype=PETSc.ScalarType)
+    n_local, k = rows.shape
+    M = PETSc.Mat().createDense(((n_local, n_global), (PETSc.DECIDE, k)), comm=comm)
+    M.setUp()
+    M.getDenseArray()[:] = rows
+    M.assemble()
+    return M
+
+
+def smoothed_vectors_petsc(A, K: int, *, sweeps: int = 10, omega: float = 0.66,
+                           seed: int = 0, S0: np.ndarray | None = None) -> np.ndarray:
+    """Distributed :func:`nlss_fenicsx.smoothing.smoothed_vectors` on a PETSc matrix.
+
+    Each sweep is one sparse x dense block product ``A S`` in PETSc, then
+    ``S -= omega D^{-1} A S`` and a renormalisation of each column (norms all-reduced).
+    The start block is the rows of a global ``n x K`` standard normal draw with ``seed``
+    (or ``S0``, this rank's rows of a given start), so the result does not depend on the
+    number of ranks for a fixed global numbering.
+
+    Returns this rank's rows of ``S`` (``n_local x K``).
+    """
+    comm = A.getComm().tompi4py()
+    lo, hi = _rows(A)
+    n = A.getSize()[0]
+    if S0 is None:
+        S0 = np.random.default_rng(seed).standard_normal((n, K))[lo:hi]
+    d = A.getDiagonal().getArray().copy()
+    if not np.all(np.isfinite(d)) or np.any(d <= 0):
+        raise ValueError("smoothing needs a matrix with a positive, finite diagonal (SPD A)")
+    scale = (omega / d)[:, None]
+    S = dense_from_rows(comm, S0, n)
+    arr = S.getDenseArray()
+    T = None
+    for _ in range(sweeps):
+        T = A.matMult(S, result=T)
+        arr -= scale * T.getDenseArray()
+        norms = np.sqrt(comm.allreduce((arr * arr).sum(axis=0), op=MPI.SUM))
+        arr /= np.where(norms > 0, norms, 1.0)
+    out = arr.copy()
+    S.destroy()
+    if T is not None:
+        T.destroy()
+    return out
+
+
+class TwoGridPC:
+    """PETSc python-PC context: NeuraLSP two-grid preconditioner with a native PCMG inside.
+
+    Created by PETSc from ``pc_python_type nlss_fenicsx.petsc.TwoGridPC`` (options as in
+    the module docstring), or directly with keyword overrides::
+
+        pc.setType("python")
+        pc.setPythonContext(TwoGridPC(P=my_basis))   # P: this rank's rows, n_local x r
+
+    Parameters
+    ----------
+    P : numpy.ndarray, optional
+        A given coarse basis (this rank's rows); skips S and the basis construction.
+    S : numpy.ndarray, optional
+        Given smoothed vectors (this rank's rows); the basis is then built from them.
+    options : PCOptions, optional
+        Overrides the PETSc options database.
+
+    Attributes
+    ----------
+    timings : dict
+        Seconds spent in ``smoothing``, ``inference`` and ``setup`` by the last ``setUp``.
+    P : numpy.ndarray or scipy.sparse matrix
+        The coarse basis built by the last ``setUp``.
+    """
+
+    def __init__(self, *, P=None, S=None, options: PCOptions | None = None):
+        self._given_P = P
+        self._given_S = S
+        self._given_options = options
+        self.options: PCOptions | None = options
+        self.timings: dict[str, float] = {}
+        self.P = None
+        self.S = None
+        self.inner = None
+        self._Pmat = None
+        self._Ac = None
+        self.coarse_size = 0
+
+    # PETSc calls: create, setFromOptions, setUp, apply, view, destroy.
+    def create(self, pc):
+        self.inner = None
+
+    def setFromOptions(self, pc):
+        if self._given_options is None:
+            self.options = PCOptions.from_petsc(pc.getOptionsPrefix())
+
+    def _ensure_options(self, pc):
+        if self.options is None:
+            self.options = PCOptions.from_petsc(pc.getOptionsPrefix())
+        return self.options
+
+    def setUp(self, pc):
+        opts = self._ensure_options(pc)
+        A, _ = pc.getOperators()
+        comm = A.getComm().tompi4py()
+        n = A.getSize()[0]
+        self.timings = {"smoothing": 0.0, "inference": 0.0, "setup": 0.0}
+        # 1. smoothed vectors S.
+        t0 = time.perf_counter()
+        need_S = self._given_P is None and opts.coarse != "sa"
+        if need_S:
+            if opts.K > n:
+                raise ValueError(f"nlss_K must be <= n, got K={opts.K} > n={n}")
+            if self._given_S is not None:
+                S = np.asarray(self._given_S, dtype=np.float64)
+            else:
+                S = smoothed_vectors_petsc(A, opts.K, sweeps=opts.sweeps, omega=opts.omega,
+                                           seed=opts.seed)
+            self.S = S
+        t1 = time.perf_counter()
+        # 2. coarse basis P ("inference").
+        if self._given_P is not None:
+            P = self._given_P
+        else:
+            P = self._basis(A, comm, opts)
+        t2 = time.perf_counter()
+        # 3. native PCMG: Galerkin Ac = P^T A P and its Cholesky factor.
+        self._build_mg(pc, A, comm, P, opts)
+        t3 = time.perf_counter()
+        self.P = P
+        self.timings.update(smoothing=t1 - t0, inference=t2 - t1, setup=t3 - t2)
+
+    def _basis(self, A, comm, opts: PCOptions):
+        from nlss_fenicsx.coarse import sa_amg_basis, svd_basis_from_gram
+
+        if opts.coarse == "svd":
+            S = self.S
+            G = comm.allreduce(S.T @ S, op=MPI.SUM)
+            return svd_basis_from_gram(G, S, opts.rank,
+                                       allreduce=lambda x: comm.allreduce(x, op=MPI.SUM))
+        if opts.coarse == "sa":
+            if comm.size > 1:
+                raise ValueError("nlss_coarse sa (PyAMG smoothed aggregation) is serial-only; "
+                                 "use svd or nlss under mpiexec")
+            from nlss_fenicsx.pdes import petsc_to_csr
+
+            return sa_amg_basis(petsc_to_csr(A), seed=opts.seed)
+        # Learned coarse spaces arrive through nlss_fenicsx.nn (loaded lazily).
+        return self._learned_basis(A, comm, opts)
+
+    def _learned_basis(self, A, comm, opts: PCOptions):
+        if opts.model is None:
+            raise ValueError(f"nlss_coarse {opts.coarse} needs nlss_model PATH (a checkpoint "
+                             "written by `nlss-fenicsx train`)")
+        try:
+            from nlss_fenicsx.nn.inference import learned_basis
+        except ImportError as err:  # pragma: no cover - depends on the learning stack
+            raise ValueError(f"nlss_coarse {opts.coarse} is not available yet: {err}") from err
+        return learned_basis(A, comm, self.S, opts)
+
+    def _build_mg(self, pc, A, comm, P, opts: PCOptions):
+        import scipy.sparse as sp
+
+        from nlss_fenicsx.twogrid import NotSPDError
+
+        n = A.getSize()[0]
+        lo, hi = A.getOwnershipRange()
+        if sp.issparse(P):
+            P = P.tocsr()
+            Pmat = PETSc.Mat().createAIJ(size=((hi - lo, n), (PETSc.DECIDE, P.shape[1])),
+                                         csr=(P.indptr, P.indices, P.data), comm=comm)
+            Pmat.assemble()
+        else:
+            P = np.asarray(P)
+            if P.ndim != 2 or P.shape[0] != hi - lo:
+                raise ValueError(f"coarse basis must have {hi - lo} local rows (n={n}); got "
+                                 f"shape {P.shape}")
+            Pmat = dense_from_rows(comm, P, n)
+        self.coarse_size = Pmat.getSize()[1]
+        if self.inner is not None:
+            self.inner.destroy()
+        for old in (self._Pmat, self._Ac):
+            if old is not None:
+                old.destroy()
+        self._Pmat = Pmat
+        mg = PETSc.PC().create(comm=comm)
+        prefix = (pc.getOptionsPrefix() or "") + "nlss_mg_"
+        mg.setOptionsPrefix(prefix)
+        mg.setOperators(A, A)
+        mg.setType(PETSc.PC.Type.MG)
+        mg.setMGLevels(2)
+        mg.setMGType(PETSc.PC.MGType.MULTIPLICATIVE)
+        mg.setMGCycleType(PETSc.PC.MGCycleType.V)
+        mg.setMGInterpolation(1, Pmat)
+        # Galerkin coarse operator, formed here rather than by PCMG: PCMG's own product
+        # puts 1 on an empty diagonal, which would hide a rank-deficient P.
+        Ac = A.ptap(Pmat)
+        self._Ac = Ac
+        mg.getMGCoarseSolve().setOperators(Ac, Ac)
+        # petsc4py lacks setters for several of these: push them as options under a
+        # private prefix, apply with setFromOptions, then remove them so the global
+        # database stays clean (as dolfinx's LinearProblem does).
+        private = {
+            "pc_mg_galerkin": "none",
+            "mg_levels_ksp_type": "richardson",
+            "mg_levels_ksp_richardson_scale": repr(float(opts.omega)),
+            "mg_levels_ksp_max_it": str(opts.nu),
+            "mg_levels_ksp_norm_type": "none",
+            "mg_levels_pc_type": "jacobi",
+            "mg_coarse_ksp_type": "preonly",
+            "mg_coarse_pc_factor_shift_type": "none",
+        }
+        if comm.size > 1:
+            private["mg_coarse_pc_type"] = "redundant"
+            private["mg_coarse_redundant_pc_type"] = "cholesky"
+        else:
+            private["mg_coarse_pc_type"] = "cholesky"
+        db = PETSc.Options()
+        for key, value in private.items():
+            db[prefix + key] = value
+        try:
+            mg.setFromOptions()
+            # The level and coarse solvers read their options during set-up.
+            mg.setUp()
+        except PETSc.Error as err:
+            raise NotSPDError(
+                f"coarse operator Ac = P^T A P ({self.coarse_size} x {self.coarse_size}) is not "
+                "symmetric positive definite (Cholesky failed); A must be SPD and P of full "
+                "column rank") from err
+        finally:
+            for key in private:
+                del db[prefix + key]
+        self._check_factor(mg)
+        self.inner = mg
+
+    def _check_factor(self, mg):
+        from nlss_fenicsx.twogrid import NotSPDError
+
+        coarse_pc = mg.getMGCoarseSolve().getPC()
+        try:
+            reason = coarse_pc.getFailedReason()
+        except AttributeError:  # older petsc4py
+            return
+        if reason != 0:
+            raise NotSPDError(
+                f"coarse operator Ac = P^T A P ({self.coarse_size} x {self.coarse_size}) is not "
+                f"symmetric positive definite (Cholesky failed: PCFailedReason {reason}); A "
+                "must be SPD and P of full column rank")
+
+    def apply(self, pc, x, y):
+        self.inner.apply(x, y)
+
+    def applySymmetricLeft(self, pc, x, y):  # pragma: no cover - not used by CG
+        self.inner.apply(x, y)
+
+    def view(self, pc, viewer=None):
+        o = self.options or PCOptions()
+        lines = [
+            "NeuraLSP two-grid preconditioner (nlss_fenicsx.petsc.TwoGridPC)",
+            f"  coarse space: {o.coarse}, coarse size {self.coarse_size}"
+            + (f", model {o.model}" if o.model else ""),
+            f"  smoothed vectors: K={o.K}, {o.sweeps} Jacobi sweeps, omega={o.omega}, "
+            f"seed {o.seed}",
+            f"  cycle: PCMG 2 levels, Galerkin, {o.nu}+{o.nu} Richardson/Jacobi sweeps, "
+            "Cholesky coarse solve",
+            "  set-up time: " + ", ".join(f"{k} {1e3 * v:.2f} ms"
+                                          for k, v in self.timings.items()),
+        ]
+        if viewer is None:
+            print("\n".join(lines))
+            return
+        for line in lines:
+            viewer.printfASCII(line + "\n")
+
+    def destroy(self, pc):
+        for obj in (self.inner, self._Pmat, self._Ac):
+            if obj is not None:
+                obj.destroy()
+        self.inner = None
+        self._Pmat = None
+        self._Ac = None
