@@ -98,6 +98,55 @@ def _cmd_solve(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- train
+def _cmd_train(args) -> int:
+    from nlss_fenicsx.nn.train import TrainConfig, peak_rss_mib, train
+
+    if args.rank > args.K:
+        raise UsageError(f"--rank must be <= --K, got rank {args.rank} > K {args.K}")
+    if args.arch == "gnn":
+        from nlss_fenicsx.nn.gnn import train_gnn_cli  # the GNN baseline
+
+        return train_gnn_cli(args)
+    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
+    cfg = TrainConfig(pde=args.pde, N=args.N, K=args.K, r_max=args.rank, loss=args.loss,
+                      steps=args.steps, lr=args.lr, batch=args.batch, seed=args.seed,
+                      protocol=args.protocol, preset=args.preset,
+                      **({"hidden": hidden} if hidden else {}))
+    out = args.out or Path(f"models/{args.pde}_N{args.N}_K{args.K}_r{args.rank}_{args.loss}.pt")
+    t0 = time.perf_counter()
+    model = train(cfg, out, device=args.device, resume=not args.restart,
+                  progress=not args.no_progress)
+    extra = model.metadata["extra"]
+    last = extra["history"][-1] if extra.get("history") else {}
+    print(f"wrote {out}: {model.num_parameters():,} parameters, step {model.step}, "
+          f"{extra.get('train_seconds', 0):.1f} s training "
+          f"({time.perf_counter() - t0:.1f} s wall), peak RSS {peak_rss_mib():.0f} MiB")
+    if last:
+        print("held-out captured-energy gap to SVD: " + ", ".join(
+            f"r={k.split('@')[1]}: {v:.4f}" for k, v in last.items() if k.startswith("gap")))
+    return 0
+
+
+# --------------------------------------------------------------------------- energy
+def _cmd_energy(args) -> int:
+    from nlss_fenicsx.bench.energy import EnergyConfig, run_energy
+
+    pdes_ = FAMILIES if args.pde == "all" else (args.pde,)
+    for pde in pdes_:
+        cfg = EnergyConfig(pde=pde, steps=args.steps, seed=args.seed,
+                           n_train=args.n_train, n_test=args.n_test)
+        res = run_energy(cfg, args.out, progress=not args.no_progress)
+        print(f"{pde}: captured-energy gap to SVD (mean over {cfg.n_test} test samples)")
+        print("   r   NLSS      subspace")
+        for r in (1, 2, 4, 8, 16, 24, 32):
+            if r <= cfg.K:
+                print(f"  {r:>2}  {res['losses']['nlss']['gap_mean'][r - 1]:.4f}    "
+                      f"{res['losses']['subspace']['gap_mean'][r - 1]:.4f}")
+        print(f"  wrote {Path(args.out) / f'energy_{pde}.png'} and energy_{pde}.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nlss-fenicsx",
@@ -134,6 +183,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="PETSc TwoGridPC (native PCMG) or the SciPy reference (default petsc)")
     p.add_argument("--model", type=Path, default=None, help="checkpoint for --coarse nlss")
     p.set_defaults(func=_cmd_solve)
+
+    p = sub.add_parser("train", help="train an NLSS (or subspace-loss) model",
+                       description="Train the NeuraLSP MLP on fresh random instances (the "
+                                   "authors' code protocol) or a fixed cached dataset. An "
+                                   "interrupted run resumes from its checkpoint.")
+    p.add_argument("--pde", choices=FAMILIES, default="diffusion")
+    p.add_argument("--N", type=_int_at_least(2), default=64, help="cells per side (default 64)")
+    p.add_argument("--K", type=_int_at_least(1), default=72, help="smoothed vectors (default 72)")
+    p.add_argument("--rank", type=_int_at_least(1), default=72,
+                   help="r_max, the rank trained for (default 72; truncate at solve time)")
+    p.add_argument("--loss", choices=("nlss", "subspace"), default="nlss")
+    p.add_argument("--arch", choices=("mlp", "gnn"), default="mlp")
+    p.add_argument("--steps", type=_int_at_least(1), default=1000)
+    p.add_argument("--batch", type=_int_at_least(1), default=1)
+    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--hidden", default=None,
+                   help="comma-separated hidden widths (default 128,256,256,128)")
+    p.add_argument("--protocol", choices=("code", "dataset"), default="code",
+                   help="fresh instance per step (code) or fixed 1000/100 set (dataset)")
+    p.add_argument("--preset", choices=("default", "paper", "code"), default="default")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--out", type=Path, default=None, help="checkpoint path (default models/...)")
+    p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("energy", help="captured-energy experiment (paper Figs. 3-5)",
+                       description="Train NLSS and subspace-loss models at N=9, K=32 to full "
+                                   "rank, truncate to r=1..32 and plot the captured-energy "
+                                   "gap to the exact SVD over the test set.")
+    p.add_argument("--pde", choices=(*FAMILIES, "all"), default="all")
+    p.add_argument("--steps", type=_int_at_least(1), default=4000)
+    p.add_argument("--n-train", type=_int_at_least(1), default=1000)
+    p.add_argument("--n-test", type=_int_at_least(1), default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("results/energy"))
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_energy)
     return parser
 
 
@@ -145,6 +233,16 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, ValueError, FileNotFoundError) as err:
         print(f"nlss-fenicsx {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except RuntimeError as err:  # e.g. a solve that did not converge
+        print(f"nlss-fenicsx {args.command}: failed: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        # petsc4py wraps errors raised inside the PC's Python callbacks: show their cause.
+        cause = err.__cause__
+        if isinstance(cause, ValueError | RuntimeError):
+            print(f"nlss-fenicsx {args.command}: error: {cause}", file=sys.stderr)
+            return 2 if isinstance(cause, ValueError) else 1
+        raise
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

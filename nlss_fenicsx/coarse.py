@@ -216,6 +216,10 @@ def sa_amg_basis(A, *, seed: int = 0) -> sp.csr_matrix:
     if shape is None or len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"expected a square 2-D matrix A, got shape {shape}")
     A = sp.csr_matrix(A, dtype=np.float64, copy=True)
+    # Stored zeros (dolfinx keeps the pattern of the zeroed Dirichlet rows and columns)
+    # would count as strong connections: a boundary node could then form an aggregate of
+    # its own whose candidate vector smooths to 0, i.e. a zero column of P.
+    A.eliminate_zeros()
     n = A.shape[0]
     # PyAMG draws from the legacy global RNG; seed it for this call only.
     state = np.random.get_state()  # noqa: NPY002

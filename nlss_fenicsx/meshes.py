@@ -31,9 +31,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from scipy.spatial import Delaunay
 
 from nlss_fenicsx._fenicsx import MPI, dolfinx
+from nlss_fenicsx.grid import _check_N, delaunay_triangles, jittered_points
 
 __all__ = [
     "delaunay_triangles",
@@ -46,69 +46,6 @@ __all__ = [
 
 _SURFACE_TAG = 1
 _CELL_GROUP = 1
-
-
-def _check_N(N: int) -> int:
-    if isinstance(N, bool) or not isinstance(N, int | np.integer) or N < 2:
-        raise ValueError(f"N must be an integer >= 2 (cells per side), got {N!r}")
-    return int(N)
-
-
-def jittered_points(N: int, *, jitter: float = 0.35, seed: int | None = 0) -> np.ndarray:
-    """Node coordinates of the jittered ``(N+1) x (N+1)`` grid, in grid order.
-
-    Parameters
-    ----------
-    N : int
-        Cells per side (``h = 1/N``); there are ``(N+1)**2`` nodes.
-    jitter : float
-        Each interior coordinate moves by ``U(-jitter*h, jitter*h)``; ``0 <= jitter < 0.5``.
-    seed : int or None
-        Seed of :func:`numpy.random.default_rng`.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape ``((N+1)**2, 2)``; row ``i + (N+1)*j`` is the node near ``(i*h, j*h)``.
-
-    Examples
-    --------
-    >>> p = jittered_points(4, seed=1)
-    >>> p.shape
-    (25, 2)
-    """
-    N = _check_N(N)
-    if not (0.0 <= float(jitter) < 0.5):
-        raise ValueError(f"jitter must satisfy 0 <= jitter < 0.5 (fraction of h), got {jitter!r}")
-    h = 1.0 / N
-    t = np.linspace(0.0, 1.0, N + 1)
-    X, Y = np.meshgrid(t, t, indexing="xy")  # row j, column i -> node i + (N+1) j
-    pts = np.column_stack([X.ravel(), Y.ravel()])
-    ij = np.arange((N + 1) ** 2)
-    i, j = ij % (N + 1), ij // (N + 1)
-    interior = (i > 0) & (i < N) & (j > 0) & (j < N)
-    rng = np.random.default_rng(seed)
-    offset = rng.uniform(-jitter * h, jitter * h, size=(int(interior.sum()), 2))
-    moved = pts[interior] + offset
-    # Cap: an interior node never reaches the boundary (only binds if jitter -> 0.5).
-    margin = 0.5 * h * (1.0 - 2.0 * jitter) + 1e-3 * h
-    np.clip(moved, margin, 1.0 - margin, out=moved)
-    pts[interior] = moved
-    return pts
-
-
-def delaunay_triangles(points: np.ndarray) -> np.ndarray:
-    """Delaunay triangulation of exactly ``points``, counter-clockwise, shape ``(m, 3)``."""
-    tri = Delaunay(points, qhull_options="Qbb Qc").simplices.astype(np.int64)
-    if np.unique(tri).size != len(points):
-        raise RuntimeError("Delaunay triangulation dropped nodes; the node set is degenerate")
-    p0, p1, p2 = points[tri[:, 0]], points[tri[:, 1]], points[tri[:, 2]]
-    cross = (p1[:, 0] - p0[:, 0]) * (p2[:, 1] - p0[:, 1]) - (p1[:, 1] - p0[:, 1]) * (
-        p2[:, 0] - p0[:, 0]
-    )
-    flip = cross < 0
-    tri[flip, 1], tri[flip, 2] = tri[flip, 2].copy(), tri[flip, 1].copy()
-    return tri
 
 
 def _gmsh():

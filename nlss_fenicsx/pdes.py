@@ -39,6 +39,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from nlss_fenicsx._fenicsx import PETSc, dolfinx, ufl
+from nlss_fenicsx.grid import FAMILIES, PRESETS, coefficient_draws
 
 __all__ = [
     "FAMILIES",
@@ -53,8 +54,6 @@ __all__ = [
     "sample",
 ]
 
-FAMILIES = ("diffusion", "anisotropic", "screened_poisson")
-PRESETS = ("default", "paper", "code")
 
 
 @dataclass(frozen=True)
@@ -161,16 +160,6 @@ def boundary_dofs(V) -> np.ndarray:
     return dolfinx.fem.locate_dofs_topological(V, tdim - 1, facets)
 
 
-def _cell_draws(mesh, rng: np.random.Generator, draw) -> np.ndarray:
-    """Draw one value per global cell in original order, return those of local cells."""
-    n_global = mesh.topology.index_map(mesh.topology.dim).size_global
-    values = np.asarray(draw(rng, n_global))
-    n_local = mesh.topology.index_map(mesh.topology.dim).size_local
-    n_ghost = mesh.topology.index_map(mesh.topology.dim).num_ghosts
-    original = np.asarray(mesh.topology.original_cell_index)[: n_local + n_ghost]
-    return values[original]
-
-
 def _dg0(mesh, values: np.ndarray, shape=None, name="c"):
     Q = dolfinx.fem.functionspace(mesh, ("DG", 0) if shape is None else ("DG", 0, shape))
     fn = dolfinx.fem.Function(Q, name=name)
@@ -185,35 +174,22 @@ def _dg0(mesh, values: np.ndarray, shape=None, name="c"):
 
 
 def _sample_coefficients(family: str, preset: str, mesh, rng: np.random.Generator):
-    eff = preset
-    if preset == "default":
-        eff = "code" if family == "diffusion" else "paper"
-    coeffs: dict = {}
+    """Draw with :func:`nlss_fenicsx.grid.coefficient_draws` over the global cells in
+    original (Gmsh) order, keep those of this rank's cells, and wrap them as DG0."""
+    tdim = mesh.topology.dim
+    imap = mesh.topology.index_map(tdim)
+    draws = coefficient_draws(family, preset, imap.size_global, rng)
+    local = np.asarray(mesh.topology.original_cell_index)[: imap.size_local + imap.num_ghosts]
+    coeffs: dict = {"preset_effective": draws["preset"]}
     if family == "diffusion":
-        scale = 1.5 if eff == "code" else np.sqrt(1.5)
-        g = _cell_draws(mesh, rng, lambda r, m: np.exp(scale * r.standard_normal(m)))
-        coeffs["g"] = _dg0(mesh, g, name="g")
+        coeffs["g"] = _dg0(mesh, draws["g"][local], name="g")
     elif family == "anisotropic":
-        if eff == "paper":
-            k1 = 1e5
-            t = _cell_draws(mesh, rng, lambda r, m: np.pi * r.standard_normal(m))
-        else:
-            k1 = 1e3
-            t = _cell_draws(mesh, rng, lambda r, m: r.uniform(0.0, np.pi, m))
-        c, s = np.cos(t), np.sin(t)
-        # R diag(k1, 1) R^T with R = [[c, -s], [s, c]].
-        K = np.stack([k1 * c * c + s * s, (k1 - 1) * c * s, (k1 - 1) * c * s,
-                      k1 * s * s + c * c], axis=1)
-        coeffs["K"] = _dg0(mesh, K, shape=(2, 2), name="K")
-        coeffs["angle"] = t
-        coeffs["k1"] = k1
+        coeffs["K"] = _dg0(mesh, draws["K"][local].reshape(-1, 4), shape=(2, 2), name="K")
+        coeffs["angle"] = draws["angle"][local]
+        coeffs["k1"] = draws["k1"]
     else:
-        # alpha is one number per instance, drawn first so every rank agrees.
-        alpha = rng.uniform(0.0, 20.0) if eff == "paper" else 10.0 ** rng.uniform(0.0, 2.0)
-        kappa = _cell_draws(mesh, rng, lambda r, m: np.exp(r.standard_normal(m)))
-        coeffs["kappa"] = _dg0(mesh, kappa, name="kappa")
-        coeffs["alpha"] = dolfinx.fem.Constant(mesh, PETSc.ScalarType(alpha))
-    coeffs["preset_effective"] = eff
+        coeffs["kappa"] = _dg0(mesh, draws["kappa"][local], name="kappa")
+        coeffs["alpha"] = dolfinx.fem.Constant(mesh, PETSc.ScalarType(draws["alpha"]))
     return coeffs
 
 
@@ -276,11 +252,16 @@ def make_problem(family: str, V, coefficients: dict, *, f=1.0, preset: str = "cu
 
 
 def petsc_to_csr(A) -> sp.csr_matrix:
-    """SciPy CSR view of a PETSc AIJ matrix's owned rows (global column indices)."""
+    """SciPy CSR copy of a PETSc AIJ matrix's owned rows (global column indices).
+
+    Stored zeros (the pattern of zeroed Dirichlet rows and columns) are dropped.
+    """
     indptr, indices, data = A.getValuesCSR()
     nrows = A.getLocalSize()[0]
-    return sp.csr_matrix((data.copy(), indices.copy(), indptr.copy()),
-                         shape=(nrows, A.getSize()[1]))
+    out = sp.csr_matrix((data.copy(), indices.copy(), indptr.copy()),
+                        shape=(nrows, A.getSize()[1]))
+    out.eliminate_zeros()
+    return out
 
 
 def assemble(problem: Problem, *, grid_order: np.ndarray | None = None) -> System:
@@ -303,6 +284,7 @@ def assemble(problem: Problem, *, grid_order: np.ndarray | None = None) -> Syste
     L = dolfinx.fem.form(problem.L)
     A = dolfinx.fem.petsc.assemble_matrix(a, bcs=problem.bcs, diag=1.0)
     A.assemble()
+    A.setOption(PETSc.Mat.Option.SPD, True)  # all three families are SPD (GAMG, Cholesky use it)
     bvec = dolfinx.fem.petsc.assemble_vector(L)
     dolfinx.fem.petsc.apply_lifting(bvec, [a], bcs=[problem.bcs])
     bvec.ghostUpdate(addv=PETSc.InsertMode.ADD, mode=PETSc.ScatterMode.REVERSE)
@@ -314,6 +296,9 @@ def assemble(problem: Problem, *, grid_order: np.ndarray | None = None) -> Syste
     bdofs_local = bdofs_local[bdofs_local < imap.size_local]
     bdofs = imap.local_to_global(bdofs_local.astype(np.int32)).astype(np.int64)
     order = _grid_order(V) if grid_order is None else np.asarray(grid_order)
+    from nlss_fenicsx.petsc import attach_grid_order
+
+    attach_grid_order(A, order)
     A_csr = petsc_to_csr(A)
     return System(A=A, A_csr=A_csr, b=b, boundary_dofs=bdofs, grid_order=order, V=V,
                   problem=problem)

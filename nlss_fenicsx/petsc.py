@@ -15,6 +15,7 @@ option              default  meaning
 ==================  =======  =========================================================
 ``nlss_coarse``     svd      coarse space: ``svd`` | ``sa`` | ``nlss`` (learned model)
 ``nlss_model``               checkpoint path, for ``nlss``
+``nlss_pde``                 optional: PDE family to check against the checkpoint
 ``nlss_rank``       48       coarse rank r (svd, nlss)
 ``nlss_K``          72       number of smoothed vectors K
 ``nlss_sweeps``     10       Jacobi sweeps that smooth the K random vectors
@@ -41,7 +42,10 @@ import numpy as np
 from nlss_fenicsx._fenicsx import MPI, PETSc
 
 __all__ = [
+    "GRID_ORDER_KEY",
     "PCOptions",
+    "attach_grid_order",
+    "grid_order_of",
     "TwoGridPC",
     "check_converged",
     "converged_reason_name",
@@ -83,6 +87,7 @@ class PCOptions:
 
     coarse: str = "svd"
     model: str | None = None
+    pde: str | None = None
     rank: int = 48
     K: int = 72
     sweeps: int = 10
@@ -110,6 +115,7 @@ class PCOptions:
         return cls(
             coarse=opts.getString("nlss_coarse", d.coarse),
             model=model,
+            pde=opts.getString("nlss_pde", "") or None,
             rank=opts.getInt("nlss_rank", d.rank),
             K=opts.getInt("nlss_K", d.K),
             sweeps=opts.getInt("nlss_sweeps", d.sweeps),
@@ -117,6 +123,37 @@ class PCOptions:
             omega=opts.getReal("nlss_omega", d.omega),
             seed=opts.getInt("nlss_seed", d.seed),
         )
+
+
+GRID_ORDER_KEY = "nlss_grid_order"
+
+
+def attach_grid_order(A, grid_order) -> None:
+    """Attach the grid order (``grid_order[g]`` = global dof of grid node ``g``) to ``A``.
+
+    The learned coarse space needs it to present ``S`` to the network in grid order.
+    :func:`nlss_fenicsx.pdes.assemble` does this itself; for a ``LinearProblem`` call
+    ``attach_grid_order(problem.A, meshes.grid_order(V))`` before ``solve()``.
+    """
+    order = np.asarray(grid_order, dtype=PETSc.IntType)
+    index_set = PETSc.IS().createGeneral(order, comm=PETSc.COMM_SELF)
+    A.compose(GRID_ORDER_KEY, index_set)
+    index_set.destroy()
+
+
+def grid_order_of(A) -> np.ndarray:
+    """The grid order attached by :func:`attach_grid_order`; a clear error if missing."""
+    index_set = A.query(GRID_ORDER_KEY)
+    if index_set is None:
+        raise ValueError(
+            "the learned coarse space needs the grid order of the dofs, and none is attached "
+            "to the operator: call nlss_fenicsx.petsc.attach_grid_order(A, "
+            "nlss_fenicsx.meshes.grid_order(V)) first (pdes.assemble does it for you)")
+    order = index_set.getIndices().astype(np.int64)
+    if order.size != A.getSize()[0]:
+        raise ValueError(f"attached grid order has {order.size} entries; the operator has "
+                         f"{A.getSize()[0]} rows")
+    return order
 
 
 def _rows(A) -> tuple[int, int]:
@@ -275,11 +312,9 @@ class TwoGridPC:
         if opts.model is None:
             raise ValueError(f"nlss_coarse {opts.coarse} needs nlss_model PATH (a checkpoint "
                              "written by `nlss-fenicsx train`)")
-        try:
-            from nlss_fenicsx.nn.inference import learned_basis
-        except ImportError as err:  # pragma: no cover - depends on the learning stack
-            raise ValueError(f"nlss_coarse {opts.coarse} is not available yet: {err}") from err
-        return learned_basis(A, comm, self.S, opts)
+        from nlss_fenicsx.nn.inference import learned_basis
+
+        return learned_basis(A, comm, self.S, opts, grid_order_of(A))
 
     def _build_mg(self, pc, A, comm, P, opts: PCOptions):
         import scipy.sparse as sp

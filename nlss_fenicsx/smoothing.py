@@ -73,6 +73,7 @@ def smoothed_vectors(
     omega: float = 0.66,
     rng: np.random.Generator | int | None = None,
     dtype=np.float64,
+    S0: np.ndarray | None = None,
 ) -> np.ndarray:
     """Smooth ``K`` standard Gaussian vectors with damped Jacobi.
 
@@ -96,6 +97,8 @@ def smoothed_vectors(
         given seed gives the same start whatever ``dtype`` is.
     dtype : numpy floating dtype, optional
         Working and output precision (float64 or float32).
+    S0 : numpy.ndarray, optional
+        A given start block ``(n, K)`` instead of the Gaussian draw (``rng`` is ignored).
 
     Returns
     -------
@@ -133,7 +136,12 @@ def smoothed_vectors(
         A = np.asarray(A, dtype=dtype)
 
     n = A.shape[0]
-    S = np.random.default_rng(rng).standard_normal((n, K)).astype(dtype, copy=False)
+    if S0 is None:
+        S = np.random.default_rng(rng).standard_normal((n, K)).astype(dtype, copy=False)
+    else:
+        S = np.array(S0, dtype=dtype, copy=True)
+        if S.shape != (n, K):
+            raise ValueError(f"expected S0 of shape ({n}, {K}), got shape {S.shape}")
     S = np.ascontiguousarray(S)
     scaled_Dinv = (omega * Dinv)[:, None]
     for _ in range(sweeps):
