@@ -34,11 +34,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
-import json
 import os
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,9 +53,15 @@ from tqdm import tqdm  # noqa: E402
 
 from nlss_fenicsx import meshes, pdes  # noqa: E402
 from nlss_fenicsx.bench.machine import machine_info, machine_line  # noqa: E402
-from nlss_fenicsx.bench.methods import MethodSpec, run_method  # noqa: E402
+from nlss_fenicsx.bench.methods import MethodSpec  # noqa: E402
+from nlss_fenicsx.bench.report import (  # noqa: E402
+    PHASES,
+    run_one,
+    summarize,
+    write_atomic,
+    write_json,
+)
 
-PHASES = ("smoothing", "inference", "setup", "solve", "total")
 SEED_BASE = 1000
 STANDARD = {"N": 64, "instances": 10, "ranks": [24, 36, 48, 64], "K": 72}
 QUICK = {"N": 16, "instances": 2, "ranks": [8, 16], "K": 24}
@@ -94,52 +97,7 @@ def build_instance(family: str, N: int, i: int):
     return pdes.assemble(pdes.sample(family, mesh, rng=seed))
 
 
-def error_line(err: BaseException) -> str:
-    """One line naming the error; a PETSc error raised from a Python PC names its cause."""
-    msg = f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-    cause = err.__cause__ or err.__context__
-    if cause is not None:
-        msg += f" <- {error_line(cause)}"
-    return msg
-
-
-def run_one(system, spec: MethodSpec) -> dict:
-    """One timed solve as a JSON-ready dict; a failure is caught and recorded."""
-    gc.collect()
-    try:
-        rec = run_method(system, spec)
-    except Exception as err:  # recorded, not fatal: the benchmark goes on
-        return {"ok": False, "error": error_line(err), "error_detail": str(err)}
-    d = rec.as_dict()
-    d["ok"] = bool(rec.converged)
-    d["iterations"] = int(d["iterations"])
-    d["rel_residual"] = float(d["rel_residual"])
-    d["phases"] = {k: float(v) for k, v in d["phases"].items()}
-    if d.get("coarse_size") is not None:
-        d["coarse_size"] = int(d["coarse_size"])
-    return d
-
-
 # --------------------------------------------------------------------------- summary
-
-
-def summarize(records: list[dict]) -> dict:
-    """Medians (ms) of each phase, median iterations, Q1/Q3 of the total, over the successes."""
-    ok = [r for r in records if r.get("ok")]
-    out = {"n_ok": len(ok), "n_failed": len(records) - len(ok)}
-    if not ok:
-        out["errors"] = sorted({r["error"] for r in records if "error" in r})
-        return out
-    for ph in PHASES:
-        out[f"{ph}_ms"] = float(np.median([1e3 * r["phases"][ph] for r in ok]))
-    totals = [1e3 * r["phases"]["total"] for r in ok]
-    out["total_q1_ms"], out["total_q3_ms"] = (float(q) for q in np.percentile(totals, [25, 75]))
-    out["iterations"] = float(np.median([r["iterations"] for r in ok]))
-    sizes = [r["coarse_size"] for r in ok if r.get("coarse_size") is not None]
-    out["coarse_size"] = float(np.median(sizes)) if sizes else None
-    if out["n_failed"]:
-        out["errors"] = sorted({r["error"] for r in records if "error" in r})
-    return out
 
 
 def _sort_key(item):
@@ -198,37 +156,8 @@ def table(family: str, res: dict) -> str:
 # --------------------------------------------------------------------------- output
 
 
-def _json_default(obj):
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path``, then ``os.replace`` it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_outputs(out: Path, results: dict) -> None:
-    write_atomic(out / "results.json",
-                 json.dumps(results, indent=1, default=_json_default) + "\n")
+    write_json(out / "results.json", results)
     s = results["settings"]
     head = [
         "# Two-grid benchmark",

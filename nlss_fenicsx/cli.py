@@ -21,6 +21,13 @@ class UsageError(ValueError):
     """Bad command-line input discovered after parsing."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage block), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _int_at_least(lo: int):
     def parse(text: str) -> int:
         try:
@@ -74,6 +81,8 @@ def _cmd_solve(args) -> int:
 
     if args.coarse in ("nlss", "subspace", "gnn") and args.model is None:
         raise UsageError(f"--coarse {args.coarse} needs --model PATH (see `nlss-fenicsx train`)")
+    if args.model is not None and not args.model.is_file():
+        raise UsageError(f"--model: checkpoint not found: {args.model}")
     if args.coarse != "sa" and args.rank > args.K:
         raise UsageError(f"--rank must be <= --K, got rank {args.rank} > K {args.K}")
     n = (args.N + 1) ** 2
@@ -110,9 +119,11 @@ def _cmd_train(args) -> int:
         return train_gnn_cli(args)
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     cfg = TrainConfig(pde=args.pde, N=args.N, K=args.K, r_max=args.rank, loss=args.loss,
-                      steps=args.steps, lr=args.lr, batch=args.batch, seed=args.seed,
+                      steps=args.steps, lr=1e-3 if args.lr is None else args.lr,
+                      batch=args.batch, seed=args.seed,
                       protocol=args.protocol, preset=args.preset,
-                      **({"hidden": hidden} if hidden else {}))
+                      **({"hidden": hidden} if hidden else {}),
+                      **({"ckpt_every": args.ckpt_every} if args.ckpt_every else {}))
     out = args.out or Path(f"models/{args.pde}_N{args.N}_K{args.K}_r{args.rank}_{args.loss}.pt")
     t0 = time.perf_counter()
     model = train(cfg, out, device=args.device, resume=not args.restart,
@@ -147,8 +158,37 @@ def _cmd_energy(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- bench
+def _ranks(text: str) -> list[int]:
+    try:
+        ranks = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")\
+            from None
+    if not ranks or min(ranks) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive ranks, got {text!r}")
+    return ranks
+
+
+def _cmd_bench(args) -> int:
+    from nlss_fenicsx.bench.harness import run_bench, run_scalability
+
+    pdes_ = FAMILIES if args.pde == "all" else (args.pde,)
+    for pde in pdes_:
+        out = args.out / pde if args.pde == "all" else args.out
+        if args.scalability:
+            res = run_scalability(pde, args.budget, out, progress=not args.no_progress)
+            print((out / "scalability.md").read_text())
+            continue
+        res = run_bench(pde, args.budget, out, ranks=args.ranks, resume=args.resume,
+                        progress=not args.no_progress)
+        print((out / "tables.md").read_text())
+        print(f"wrote {out}/results.json, tables.md and figures ({res['wall_s']:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nlss-fenicsx",
         description="NeuraLSP learned two-grid preconditioning for FEniCSx/PETSc.",
     )
@@ -197,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=("mlp", "gnn"), default="mlp")
     p.add_argument("--steps", type=_int_at_least(1), default=1000)
     p.add_argument("--batch", type=_int_at_least(1), default=1)
-    p.add_argument("--lr", type=_positive_float, default=1e-3)
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help="Adam learning rate (default: the paper's, 1e-3 MLP, 1e-4 GNN)")
     p.add_argument("--hidden", default=None,
                    help="comma-separated hidden widths (default 128,256,256,128)")
     p.add_argument("--protocol", choices=("code", "dataset"), default="code",
@@ -206,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default models/...)")
+    p.add_argument("--ckpt-every", type=_int_at_least(1), default=None,
+                   help="checkpoint every this many steps (default 100); also on the last "
+                        "step and on Ctrl-C / SIGTERM")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
@@ -222,6 +266,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("results/energy"))
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_energy)
+
+    p = sub.add_parser("bench", help="the paper's tables and figures, with the peers",
+                       description="Train (or reuse cached) NLSS, Subspace and GNN models, "
+                                   "then time every two-grid method and the classical peers "
+                                   "on the test instances. Writes OUT/results.json, "
+                                   "OUT/tables.md and OUT/*.png.")
+    p.add_argument("--pde", choices=(*FAMILIES, "all"), default="diffusion")
+    p.add_argument("--budget", choices=("smoke", "standard", "paper"), default="smoke")
+    p.add_argument("--ranks", type=_ranks, default=None,
+                   help="comma-separated coarse ranks (default: the budget's, 24,36,48,64)")
+    p.add_argument("--out", type=Path, default=Path("results/bench"))
+    p.add_argument("--resume", action="store_true",
+                   help="continue a killed run: keep the methods already in OUT/results.json")
+    p.add_argument("--scalability", action="store_true",
+                   help="paper Table 4 / Fig. 6: N in 16..80, K=N, r=K/2, end-to-end times")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 

@@ -138,6 +138,10 @@ def jittered_square(
     """
     comm = MPI.COMM_WORLD if comm is None else comm
     N = _check_N(N)
+    # Checked on every rank: only rank 0 draws the points, and a rank 0 that raised alone
+    # would leave the others waiting in the collective mesh distribution.
+    if not 0.0 <= float(jitter) < 0.5:
+        raise ValueError(f"jitter must satisfy 0 <= jitter < 0.5 (fraction of h), got {jitter!r}")
     pts = jittered_points(N, jitter=jitter, seed=seed) if comm.rank == 0 else None
 
     def build():

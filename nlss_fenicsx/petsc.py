@@ -189,8 +189,12 @@ def smoothed_vectors_petsc(A, K: int, *, sweeps: int = 10, omega: float = 0.66,
     if S0 is None:
         S0 = np.random.default_rng(seed).standard_normal((n, K))[lo:hi]
     d = A.getDiagonal().getArray().copy()
-    if not np.all(np.isfinite(d)) or np.any(d <= 0):
-        raise ValueError("smoothing needs a matrix with a positive, finite diagonal (SPD A)")
+    # Every check is collective: a rank that raised alone would leave the others waiting.
+    bad = int(np.count_nonzero(~np.isfinite(d) | (d <= 0)))
+    if comm.allreduce(bad, op=MPI.SUM):
+        raise ValueError("smoothing needs a matrix with a positive, finite diagonal (SPD A); "
+                         f"got {comm.allreduce(bad, op=MPI.SUM)} nonpositive, NaN or Inf "
+                         "diagonal entries")
     scale = (omega / d)[:, None]
     S = dense_from_rows(comm, S0, n)
     arr = S.getDenseArray()
@@ -204,6 +208,11 @@ def smoothed_vectors_petsc(A, K: int, *, sweeps: int = 10, omega: float = 0.66,
     S.destroy()
     if T is not None:
         T.destroy()
+    # An off-diagonal NaN or Inf in A reaches every column of S within a few sweeps: one
+    # pass over S (n x K, cheap next to the sweeps) makes it a clear error.
+    if not comm.allreduce(bool(np.all(np.isfinite(out))), op=MPI.LAND):
+        raise ValueError(f"A contains NaN or Inf: the smoothed vectors S are not finite after "
+                         f"{sweeps} Jacobi sweeps (expected a finite SPD matrix)")
     return out
 
 
@@ -228,7 +237,9 @@ class TwoGridPC:
     Attributes
     ----------
     timings : dict
-        Seconds spent in ``smoothing``, ``inference`` and ``setup`` by the last ``setUp``.
+        Seconds spent in ``smoothing``, ``inference`` and ``setup`` by the last ``setUp``;
+        for a learned coarse space also ``inference``'s parts on this rank: ``gather``
+        (S to rank 0), ``model`` (the network, on rank 0) and ``scatter`` (P's rows back).
     P : numpy.ndarray or scipy.sparse matrix
         The coarse basis built by the last ``setUp``.
     """
@@ -238,6 +249,7 @@ class TwoGridPC:
         self._given_S = S
         self._given_options = options
         self.options: PCOptions | None = options
+        self._options_error: ValueError | None = None
         self.timings: dict[str, float] = {}
         self.P = None
         self.S = None
@@ -252,9 +264,19 @@ class TwoGridPC:
 
     def setFromOptions(self, pc):
         if self._given_options is None:
-            self.options = PCOptions.from_petsc(pc.getOptionsPrefix())
+            # A bad option is raised at setUp, not here: dolfinx's LinearProblem calls
+            # setFromOptions between a prefix push and pop of the global options database
+            # and does not pop it when an error escapes, which would corrupt every later
+            # option lookup in the process.
+            try:
+                self.options = PCOptions.from_petsc(pc.getOptionsPrefix())
+                self._options_error = None
+            except ValueError as err:
+                self.options, self._options_error = None, err
 
     def _ensure_options(self, pc):
+        if self._options_error is not None:
+            raise self._options_error
         if self.options is None:
             self.options = PCOptions.from_petsc(pc.getOptionsPrefix())
         return self.options
@@ -314,7 +336,7 @@ class TwoGridPC:
                              "written by `nlss-fenicsx train`)")
         from nlss_fenicsx.nn.inference import learned_basis
 
-        return learned_basis(A, comm, self.S, opts, grid_order_of(A))
+        return learned_basis(A, comm, self.S, opts, grid_order_of(A), self.timings)
 
     def _build_mg(self, pc, A, comm, P, opts: PCOptions):
         import scipy.sparse as sp
@@ -354,6 +376,7 @@ class TwoGridPC:
         # puts 1 on an empty diagonal, which would hide a rank-deficient P.
         Ac = A.ptap(Pmat)
         self._Ac = Ac
+        self._check_coarse_spd(Ac, comm)
         mg.getMGCoarseSolve().setOperators(Ac, Ac)
         # petsc4py lacks setters for several of these: push them as options under a
         # private prefix, apply with setFromOptions, then remove them so the global
@@ -390,6 +413,46 @@ class TwoGridPC:
                 del db[prefix + key]
         self._check_factor(mg)
         self.inner = mg
+
+    def _check_coarse_spd(self, Ac, comm):
+        """NotSPDError unless ``Ac`` is symmetric positive definite and finite.
+
+        PETSc's dense "Cholesky" of a matrix not flagged SPD is a symmetric-indefinite
+        (Bunch-Kaufman) factorisation that reads one triangle: a non-symmetric or
+        indefinite ``A`` would pass unnoticed. A dense ``Ac`` is r x r, so every rank
+        checks the whole of it here with LAPACK's Cholesky (as TwoGrid does). A sparse
+        ``Ac`` (SA-AMG, serial) gets the symmetry check only.
+        """
+        from nlss_fenicsx.twogrid import NotSPDError
+
+        r = self.coarse_size
+        msg = (f"coarse operator Ac = P^T A P ({r} x {r}) is not symmetric positive definite; "
+               "A must be SPD (and finite) and P of full column rank")
+        if Ac.getType() in (PETSc.Mat.Type.SEQDENSE, PETSc.Mat.Type.MPIDENSE):
+            full = np.concatenate(comm.allgather(np.array(Ac.getDenseArray())), axis=0)
+            if not np.all(np.isfinite(full)):
+                raise NotSPDError(f"{msg} (Ac has NaN or Inf entries)")
+            scale, asym = np.abs(full).max(), np.abs(full - full.T).max()
+            if not asym <= 1e-10 * scale:
+                raise NotSPDError(f"{msg} (not symmetric: max|Ac - Ac^T| = {asym:.3e}, "
+                                  f"max|Ac| = {scale:.3e})")
+            try:
+                L = np.linalg.cholesky(0.5 * (full + full.T))
+            except np.linalg.LinAlgError as err:
+                raise NotSPDError(f"{msg} (Cholesky failed: {err})") from err
+            pivots = np.diag(L) ** 2
+            if not pivots.min() > r * np.finfo(np.float64).eps * np.max(np.diag(full)):
+                raise NotSPDError(f"{msg} (numerically singular: smallest Cholesky pivot "
+                                  f"{pivots.min():.3e})")
+            return
+        AcT = Ac.transpose(PETSc.Mat())  # out of place: transpose() alone works in place
+        scale = Ac.norm(PETSc.NormType.FROBENIUS)
+        AcT.axpy(-1.0, Ac, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
+        asym = AcT.norm(PETSc.NormType.FROBENIUS)
+        AcT.destroy()
+        if not (np.isfinite(scale) and asym <= 1e-10 * scale):
+            raise NotSPDError(f"{msg} (not symmetric: |Ac - Ac^T|_F = {asym:.3e}, "
+                              f"|Ac|_F = {scale:.3e})")
 
     def _check_factor(self, mg):
         from nlss_fenicsx.twogrid import NotSPDError

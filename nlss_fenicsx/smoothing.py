@@ -85,7 +85,7 @@ def smoothed_vectors(
     A : scipy.sparse matrix or array (CSR preferred), or numpy.ndarray, shape (n, n)
         The system matrix; its diagonal must be positive and finite.
     K : int
-        Number of vectors, ``K >= 1``.
+        Number of vectors, ``1 <= K <= n``.
     sweeps : int, optional
         Number of Jacobi sweeps ``s1 >= 0`` (default 10, as in the paper's code). With
         ``sweeps=0`` the raw Gaussian start is returned, not normalised.
@@ -110,8 +110,9 @@ def smoothed_vectors(
     Raises
     ------
     ValueError
-        On a non-square ``A``, ``K < 1``, ``sweeps < 0``, ``omega <= 0`` or non-finite,
-        a nonpositive or non-finite diagonal, or a non-floating ``dtype``.
+        On a non-square ``A``, NaN or Inf in ``A`` (or ``S0``), ``K < 1`` or ``K > n``,
+        ``sweeps < 0``, ``omega <= 0`` or non-finite, a nonpositive diagonal, or a
+        non-floating ``dtype``.
 
     Examples
     --------
@@ -132,16 +133,24 @@ def smoothed_vectors(
     Dinv = jacobi_inverse_diagonal(A, dtype=dtype)
     if sp.issparse(A):
         A = A.tocsr().astype(dtype, copy=False)
+        finite = np.all(np.isfinite(A.data))
     else:
         A = np.asarray(A, dtype=dtype)
+        finite = np.all(np.isfinite(A))
+    if not finite:
+        raise ValueError("expected A to have finite entries, got NaN or Inf in A")
 
     n = A.shape[0]
+    if K > n:
+        raise ValueError(f"expected K <= n = {n} (rows of A), got K = {K}")
     if S0 is None:
         S = np.random.default_rng(rng).standard_normal((n, K)).astype(dtype, copy=False)
     else:
         S = np.array(S0, dtype=dtype, copy=True)
         if S.shape != (n, K):
             raise ValueError(f"expected S0 of shape ({n}, {K}), got shape {S.shape}")
+        if not np.all(np.isfinite(S)):
+            raise ValueError("expected S0 to have finite entries, got NaN or Inf")
     S = np.ascontiguousarray(S)
     scaled_Dinv = (omega * Dinv)[:, None]
     for _ in range(sweeps):

@@ -74,8 +74,23 @@ def _as_csr(A) -> sp.csr_matrix | sp.csr_array:
     if shape is None or len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"expected a square 2-D matrix A, got shape {shape}")
     if sp.issparse(A):
-        return A.tocsr().astype(np.float64, copy=False)
-    return sp.csr_matrix(np.asarray(A, dtype=np.float64))
+        A = A.tocsr().astype(np.float64, copy=False)
+    else:
+        A = sp.csr_matrix(np.asarray(A, dtype=np.float64))
+    _check_finite_matrix(A)
+    return A
+
+
+def _check_finite_matrix(A) -> None:
+    """ValueError if a sparse or dense matrix holds NaN or Inf (O(nnz); operators pass)."""
+    if sp.issparse(A):
+        finite = np.all(np.isfinite(A.data))
+    elif isinstance(A, np.ndarray):
+        finite = np.all(np.isfinite(A))
+    else:  # a LinearOperator: nothing to inspect
+        return
+    if not finite:
+        raise ValueError("expected A to have finite entries, got NaN or Inf in A")
 
 
 class TwoGrid:
@@ -107,8 +122,8 @@ class TwoGrid:
     Raises
     ------
     ValueError
-        On inconsistent shapes, bad smoothing parameters, a non-symmetric ``A`` or a
-        nonpositive diagonal.
+        On inconsistent shapes, bad smoothing parameters, NaN or Inf in ``A`` or ``P``,
+        a non-symmetric ``A`` or a nonpositive diagonal.
     NotSPDError
         If ``Ac`` is not (numerically) symmetric positive definite.
 
@@ -440,7 +455,8 @@ def pcg(
     Raises
     ------
     ValueError
-        On bad shapes, parameters or non-finite inputs.
+        On bad shapes, parameters or non-finite inputs (NaN or Inf in ``b``, ``x0`` or a
+        matrix ``A``).
     IndefiniteError
         If ``p^T A p <= 0`` (``A`` not SPD) or ``r^T M r <= 0`` (``M`` not SPD).
     FloatingPointError
@@ -460,6 +476,7 @@ def pcg(
     if shape is None or len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"expected a square operator A, got shape {shape}")
     n = shape[0]
+    _check_finite_matrix(A)
     b = np.asarray(b, dtype=np.float64)
     if b.shape != (n,):
         raise ValueError(f"expected b of shape ({n},) to match A, got shape {b.shape}")

@@ -10,13 +10,12 @@ every truncated rank; the subspace loss only at full rank.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
+
+from nlss_fenicsx.bench.report import savefig_atomic, write_json
 
 __all__ = ["EnergyConfig", "energy_curves", "plot_energy", "run_energy"]
 
@@ -84,41 +83,15 @@ def plot_energy(result: dict, path: Path) -> Path:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    _atomic_savefig(fig, path)
+    savefig_atomic(fig, path)
     plt.close(fig)
     return path
-
-
-def _atomic_savefig(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent, prefix=".tmp-")
-    os.close(fd)
-    try:
-        fig.savefig(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def run_energy(cfg: EnergyConfig, out: str | Path, *, progress: bool = True,
                log=print) -> dict:
     """Train both models (or resume them from ``out``), evaluate, write JSON and PNG."""
-    from nlss_fenicsx.nn.data import load_dataset
+    from nlss_fenicsx.nn.data import cache_dir, load_dataset
     from nlss_fenicsx.nn.train import train
 
     out = Path(out)
@@ -131,7 +104,9 @@ def run_energy(cfg: EnergyConfig, out: str | Path, *, progress: bool = True,
                              progress=progress)
     for loss in ("nlss", "subspace"):
         tcl = replace(tc, loss=loss)
-        model = train(tcl, out / f"{cfg.pde}_{loss}.pt", progress=progress, log=log)
+        # Checkpoints live in the cache, not beside the (committed) results.
+        ckpt = cache_dir() / "energy" / f"{cfg.pde}_N{cfg.N}_K{cfg.K}_{loss}_s{cfg.seed}.pt"
+        model = train(tcl, ckpt, progress=progress, log=log)
         curves = energy_curves(model, S_test)
         gap = curves["svd"] - curves["model"]
         result["losses"][loss] = {
@@ -145,6 +120,6 @@ def run_energy(cfg: EnergyConfig, out: str | Path, *, progress: bool = True,
     from nlss_fenicsx.bench.machine import machine_info
 
     result["machine"] = machine_info()
-    _atomic_write_text(out / f"energy_{cfg.pde}.json", json.dumps(result, indent=1))
+    write_json(out / f"energy_{cfg.pde}.json", result)
     plot_energy(result, out / f"energy_{cfg.pde}.png")
     return result

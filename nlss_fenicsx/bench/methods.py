@@ -73,7 +73,14 @@ class MethodSpec:
 
 @dataclass
 class Record:
-    """Result of one timed solve."""
+    """Result of one timed solve.
+
+    ``history`` (only with ``run_method(..., history=True)``) holds the relative residuals
+    ``||r_k|| / ||b||`` for ``k = 0 .. iterations``: PETSc's residual history for the KSP
+    paths (CG's recursively updated, unpreconditioned residual), the true residuals of
+    :func:`~nlss_fenicsx.twogrid.pcg` for the SciPy paths, and ``[1, final]`` for the
+    direct solver.
+    """
 
     method: str
     rank: int | None
@@ -83,10 +90,13 @@ class Record:
     phases: dict = field(default_factory=dict)
     coarse_size: int | None = None
     x: np.ndarray | None = None
+    history: list[float] | None = None
 
     def as_dict(self) -> dict:
         d = asdict(self)
         d.pop("x")
+        if d["history"] is None:  # only present when asked for
+            d.pop("history")
         return d
 
 
@@ -112,9 +122,12 @@ def _ksp(A, ksp_type: str, rtol: float, maxiter: int, prefix: str):
     return ksp
 
 
-def _run_ksp(system, ksp) -> tuple[np.ndarray, float, float, int]:
+def _run_ksp(system, ksp, history: bool = False
+             ) -> tuple[np.ndarray, float, float, int, list[float] | None]:
     from nlss_fenicsx.petsc import check_converged
 
+    if history:
+        ksp.setConvergenceHistory(reset=True)
     b = system.A.createVecRight()
     b.setArray(system.b)
     x = system.A.createVecLeft()
@@ -131,12 +144,16 @@ def _run_ksp(system, ksp) -> tuple[np.ndarray, float, float, int]:
         raise
     its = check_converged(ksp)
     out = x.getArray().copy()
+    hist = None
+    if history:
+        nb = np.linalg.norm(system.b)
+        hist = [float(h) for h in np.asarray(ksp.getConvergenceHistory()) / (nb if nb > 0 else 1.0)]
     for v in (b, x):
         v.destroy()
-    return out, t1 - t0, t2 - t1, its
+    return out, t1 - t0, t2 - t1, its, hist
 
 
-def _twogrid_petsc(system, spec: MethodSpec, **given) -> Record:
+def _twogrid_petsc(system, spec: MethodSpec, history: bool = False, **given) -> Record:
     from nlss_fenicsx.petsc import PCOptions, TwoGridPC
 
     opts = PCOptions(coarse=spec.name, model=spec.model, rank=spec.rank, K=spec.K,
@@ -147,17 +164,17 @@ def _twogrid_petsc(system, spec: MethodSpec, **given) -> Record:
     ctx = TwoGridPC(options=opts, **given)
     pc.setPythonContext(ctx)
     try:
-        x, _setup_total, t_solve, its = _run_ksp(system, ksp)
+        x, _setup_total, t_solve, its, hist = _run_ksp(system, ksp, history)
     finally:
         ksp.destroy()
     t = ctx.timings
     return Record(method=spec.label, rank=spec.rank if spec.name != "sa" else None,
                   iterations=its, converged=True, rel_residual=_rel_res(system.A_csr, x, system.b),
                   phases=_phases(t["smoothing"], t["inference"], t["setup"], t_solve),
-                  coarse_size=ctx.coarse_size, x=x)
+                  coarse_size=ctx.coarse_size, x=x, history=hist)
 
 
-def _twogrid_scipy(system, spec: MethodSpec) -> Record:
+def _twogrid_scipy(system, spec: MethodSpec, history: bool = False) -> Record:
     from nlss_fenicsx.coarse import sa_amg_basis, svd_basis
     from nlss_fenicsx.smoothing import smoothed_vectors
     from nlss_fenicsx.twogrid import TwoGrid, pcg
@@ -173,11 +190,13 @@ def _twogrid_scipy(system, spec: MethodSpec) -> Record:
     elif spec.name == "sa":
         P = sa_amg_basis(A, seed=spec.seed)
     else:
+        from nlss_fenicsx.nn.gnn import GNNModel
         from nlss_fenicsx.nn.inference import load_model
 
         model = load_model(spec.model)
         model.check_compatible(n=A.shape[0], K=spec.K)
-        P = model.basis(S, spec.rank, grid_order=system.grid_order)
+        given_A = {"A": A} if isinstance(model, GNNModel) else {}  # the GNN's graph
+        P = model.basis(S, spec.rank, grid_order=system.grid_order, **given_A)
     t2 = time.perf_counter()
     tg = TwoGrid(A, P, nu_pre=spec.nu, nu_post=spec.nu, omega=spec.omega)
     t3 = time.perf_counter()
@@ -189,10 +208,11 @@ def _twogrid_scipy(system, spec: MethodSpec) -> Record:
                   iterations=info.iterations, converged=info.converged,
                   rel_residual=_rel_res(A, x, system.b),
                   phases=_phases(t1 - t0, t2 - t1, tg.timings["setup"], t4 - t3),
-                  coarse_size=P.shape[1], x=x)
+                  coarse_size=P.shape[1], x=x,
+                  history=list(info.residuals) if history else None)
 
 
-def _peer(system, spec: MethodSpec) -> Record:
+def _peer(system, spec: MethodSpec, history: bool = False) -> Record:
     A = system.A
     if spec.name == "pyamg":
         import pyamg
@@ -213,7 +233,7 @@ def _peer(system, spec: MethodSpec) -> Record:
                       converged=True, rel_residual=_rel_res(system.A_csr, x, system.b),
                       phases=_phases(setup=t1 - t0, solve=t2 - t1),
                       coarse_size=ml.levels[1].A.shape[0] if len(ml.levels) > 1 else None,
-                      x=x)
+                      x=x, history=list(info.residuals) if history else None)
     if spec.name == "cholesky":
         ksp = _ksp(A, "preonly", spec.rtol, 1, "nlss_bench_")
         ksp.getPC().setType(PETSc.PC.Type.CHOLESKY)
@@ -222,22 +242,33 @@ def _peer(system, spec: MethodSpec) -> Record:
         ksp.getPC().setType({"jacobi": PETSc.PC.Type.JACOBI, "icc": PETSc.PC.Type.ICC,
                              "gamg": PETSc.PC.Type.GAMG}[spec.name])
     try:
-        x, t_setup, t_solve, its = _run_ksp(system, ksp)
+        x, t_setup, t_solve, its, hist = _run_ksp(system, ksp, history)
     finally:
         ksp.destroy()
+    rel_res = _rel_res(system.A_csr, x, system.b)
+    if history and spec.name == "cholesky":
+        hist = [1.0, rel_res]  # preonly keeps no history: start and result of the one solve
     return Record(method=spec.label, rank=None, iterations=its, converged=True,
-                  rel_residual=_rel_res(system.A_csr, x, system.b),
-                  phases=_phases(setup=t_setup, solve=t_solve), x=x)
+                  rel_residual=rel_res, phases=_phases(setup=t_setup, solve=t_solve), x=x,
+                  history=hist)
 
 
-def run_method(system, spec: MethodSpec, **given) -> Record:
+def run_method(system, spec: MethodSpec, *, history: bool = False, **given) -> Record:
     """Solve ``system`` with ``spec`` and time each phase (serial).
 
-    ``given`` passes ``P=`` or ``S=`` through to :class:`~nlss_fenicsx.petsc.TwoGridPC`.
-    Raises :class:`~nlss_fenicsx.twogrid.ConvergenceError` if the solve does not converge.
+    ``history=True`` records the relative residual of every iteration in
+    ``Record.history``. ``given`` passes ``P=`` or ``S=`` through to
+    :class:`~nlss_fenicsx.petsc.TwoGridPC`. Raises
+    :class:`~nlss_fenicsx.twogrid.ConvergenceError` if the solve does not converge, and
+    ValueError on NaN or Inf in ``b`` or ``A`` (checked before anything is timed).
     """
+    if not np.all(np.isfinite(system.b)):
+        raise ValueError(f"expected a finite right-hand side b, got "
+                         f"{int(np.count_nonzero(~np.isfinite(system.b)))} NaN or Inf entries")
+    if not np.all(np.isfinite(system.A_csr.data)):
+        raise ValueError("expected a finite matrix A, got NaN or Inf entries")
     if spec.name in PEERS:
-        return _peer(system, spec)
+        return _peer(system, spec, history)
     if spec.path == "scipy":
-        return _twogrid_scipy(system, spec)
-    return _twogrid_petsc(system, spec, **given)
+        return _twogrid_scipy(system, spec, history)
+    return _twogrid_petsc(system, spec, history, **given)

@@ -53,7 +53,7 @@ class DataConfig:
     jitter: float = 0.35
 
     def __post_init__(self):
-        from nlss_fenicsx.pdes import FAMILIES, PRESETS
+        from nlss_fenicsx.grid import FAMILIES, PRESETS
 
         if self.pde not in FAMILIES:
             raise ValueError(f"Unrecognized PDE family {self.pde!r}; expected one of {FAMILIES}")
@@ -63,6 +63,9 @@ class DataConfig:
             raise ValueError(f"N must be >= 2, got {self.N}")
         if not 1 <= self.K <= self.n:
             raise ValueError(f"K must satisfy 1 <= K <= n = (N+1)^2 = {self.n}, got {self.K}")
+        if not 0.0 <= self.jitter < 0.5:
+            raise ValueError(f"jitter must satisfy 0 <= jitter < 0.5 (fraction of h), got "
+                             f"{self.jitter!r}")
 
     @property
     def n(self) -> int:
@@ -79,18 +82,19 @@ BACKENDS = ("numpy", "dolfinx")
 
 
 def instance(cfg: DataConfig, seed: int, *, backend: str = "numpy"):
-    """Build one instance; returns ``(A, S_grid)`` with ``S_grid`` float32 ``(n, K)``.
+    """Build one instance; returns ``(problem, S_grid)`` with ``S_grid`` float32 ``(n, K)``.
 
     The mesh jitter, the coefficients and the random start of ``S`` all derive from
     ``seed``, and the start block is drawn in grid order, so both backends give the same
     ``S`` (the tests check it):
 
     ``numpy`` (default)
-        :mod:`nlss_fenicsx.grid`: Delaunay + vectorised P1 assembly in grid order.
-        ``A`` is the grid-order CSR matrix. Needs neither Gmsh nor dolfinx.
+        :mod:`nlss_fenicsx.grid`: Delaunay + vectorised P1 assembly in grid order;
+        ``problem`` is a :class:`nlss_fenicsx.grid.GridProblem` (``.A``, ``.b`` in grid
+        order). Needs neither Gmsh nor dolfinx.
     ``dolfinx``
         :func:`nlss_fenicsx.meshes.jittered_square` + :func:`nlss_fenicsx.pdes.assemble`
-        on ``MPI.COMM_SELF``; ``A`` is the :class:`nlss_fenicsx.pdes.System`.
+        on ``MPI.COMM_SELF``; ``problem`` is the :class:`nlss_fenicsx.pdes.System`.
     """
     from nlss_fenicsx.smoothing import smoothed_vectors
 
@@ -103,9 +107,9 @@ def instance(cfg: DataConfig, seed: int, *, backend: str = "numpy"):
         pts = grid.jittered_points(cfg.N, jitter=cfg.jitter, seed=mesh_seed)
         tri = grid.delaunay_triangles(pts)
         draws = grid.coefficient_draws(cfg.pde, cfg.preset, len(tri), coef_seed)
-        A = grid.assemble_p1(cfg.pde, pts, tri, draws, boundary=grid.boundary_mask(cfg.N)).A
-        S = smoothed_vectors(A, cfg.K, sweeps=cfg.sweeps, omega=cfg.omega, S0=S0)
-        return A, np.ascontiguousarray(S, dtype=np.float32)
+        gp = grid.assemble_p1(cfg.pde, pts, tri, draws, boundary=grid.boundary_mask(cfg.N))
+        S = smoothed_vectors(gp.A, cfg.K, sweeps=cfg.sweeps, omega=cfg.omega, S0=S0)
+        return gp, np.ascontiguousarray(S, dtype=np.float32)
     if backend != "dolfinx":
         raise ValueError(f"Unrecognized backend {backend!r}; expected one of {BACKENDS}")
     from nlss_fenicsx import meshes, pdes

@@ -9,19 +9,26 @@ grid order, and scatters the rows of ``P`` back to their owners.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
 
+from nlss_fenicsx.nn.gnn import CHECKPOINT_FORMAT as GNN_FORMAT
+from nlss_fenicsx.nn.gnn import GNNModel
 from nlss_fenicsx.nn.model import CheckpointError, NLSSModel
 
 __all__ = ["clear_model_cache", "learned_basis", "load_model"]
 
-_CACHE: dict[str, tuple[tuple[int, int], NLSSModel]] = {}
+_CACHE: dict[str, tuple[tuple[int, int], NLSSModel | GNNModel]] = {}
 
 
-def load_model(path: str | os.PathLike) -> NLSSModel:
-    """Load a checkpoint once per process (reloaded if the file changes)."""
+def load_model(path: str | os.PathLike) -> NLSSModel | GNNModel:
+    """Load a checkpoint once per process (reloaded if the file changes).
+
+    Dispatches on the checkpoint's format tag: a GNN checkpoint gives a
+    :class:`nlss_fenicsx.nn.gnn.GNNModel`, anything else an :class:`NLSSModel`.
+    """
     p = Path(path).expanduser().resolve()
     try:
         st = p.stat()
@@ -31,10 +38,21 @@ def load_model(path: str | os.PathLike) -> NLSSModel:
     hit = _CACHE.get(str(p))
     if hit is not None and hit[0] == key:
         return hit[1]
-    model = NLSSModel.load(p)
+    model = _model_class(p).load(p)
     model.net.eval()
     _CACHE[str(p)] = (key, model)
     return model
+
+
+def _model_class(path: Path) -> type[NLSSModel] | type[GNNModel]:
+    """``GNNModel`` for a GNN checkpoint (by its format tag), else ``NLSSModel``."""
+    import torch
+
+    try:  # mmap: reads the small "format" entry without loading the weights
+        fmt = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("format")
+    except Exception:  # unreadable: NLSSModel.load raises the clear CheckpointError
+        return NLSSModel
+    return GNNModel if fmt == GNN_FORMAT else NLSSModel
 
 
 def clear_model_cache() -> None:
@@ -42,7 +60,8 @@ def clear_model_cache() -> None:
     _CACHE.clear()
 
 
-def learned_basis(A, comm, S_local: np.ndarray, opts, grid_order: np.ndarray) -> np.ndarray:
+def learned_basis(A, comm, S_local: np.ndarray, opts, grid_order: np.ndarray,
+                  timings: dict | None = None) -> np.ndarray:
     """This rank's rows of ``P`` from the model in ``opts.model``.
 
     Parameters
@@ -55,6 +74,11 @@ def learned_basis(A, comm, S_local: np.ndarray, opts, grid_order: np.ndarray) ->
     opts : nlss_fenicsx.petsc.PCOptions
     grid_order : numpy.ndarray
         ``grid_order[g]`` is the global dof of grid node ``g``.
+    timings : dict, optional
+        Receives this rank's seconds in ``gather`` (S to rank 0), ``model`` (the network
+        on rank 0, grid-order permutations included) and ``scatter`` (rows of P back to
+        their owners). Rank 0's figures are the meaningful ones: elsewhere ``model`` is
+        about 0 and ``scatter`` includes the wait for rank 0's model.
     """
     n = A.getSize()[0]
     model = None
@@ -66,17 +90,33 @@ def learned_basis(A, comm, S_local: np.ndarray, opts, grid_order: np.ndarray) ->
             if opts.rank > model.r_max:
                 raise CheckpointError(f"nlss_rank {opts.rank} exceeds the model's r_max "
                                       f"{model.r_max} ({opts.model})")
+            if isinstance(model, GNNModel) and comm.size > 1:
+                raise ValueError("gnn coarse space is serial-only (its graph is built from "
+                                 "the whole matrix on one rank); run it without mpiexec")
         except (CheckpointError, ValueError) as err:
             error = err
     error = comm.bcast(error, root=0)
     if error is not None:
         raise error
+    t0 = time.perf_counter()
     blocks = comm.gather(np.ascontiguousarray(S_local), root=0)
     if comm.rank == 0:
         S = np.concatenate(blocks, axis=0)  # ranks own consecutive row ranges
-        P = model.basis(S, opts.rank, grid_order=grid_order)
+    t1 = time.perf_counter()
+    if comm.rank == 0:
+        if isinstance(model, GNNModel):  # the GNN also needs A (serial: all rows)
+            from nlss_fenicsx.pdes import petsc_to_csr
+
+            P = model.basis(S, opts.rank, grid_order=grid_order, A=petsc_to_csr(A))
+        else:
+            P = model.basis(S, opts.rank, grid_order=grid_order)
+    t2 = time.perf_counter()
+    if comm.rank == 0:
         bounds = np.cumsum([0] + [len(b) for b in blocks])
         parts = [P[bounds[i]:bounds[i + 1]] for i in range(comm.size)]
     else:
         parts = None
-    return comm.scatter(parts, root=0)
+    P_local = comm.scatter(parts, root=0)
+    if timings is not None:
+        timings.update(gather=t1 - t0, model=t2 - t1, scatter=time.perf_counter() - t2)
+    return P_local
