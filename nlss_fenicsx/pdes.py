@@ -40,6 +40,7 @@ import scipy.sparse as sp
 
 from nlss_fenicsx._fenicsx import PETSc, dolfinx, ufl
 from nlss_fenicsx.grid import FAMILIES, PRESETS, coefficient_draws
+from nlss_fenicsx.petsc import petsc_to_csr
 
 __all__ = [
     "FAMILIES",
@@ -251,19 +252,6 @@ def make_problem(family: str, V, coefficients: dict, *, f=1.0, preset: str = "cu
                    coefficients=coefficients)
 
 
-def petsc_to_csr(A) -> sp.csr_matrix:
-    """SciPy CSR copy of a PETSc AIJ matrix's owned rows (global column indices).
-
-    Stored zeros (the pattern of zeroed Dirichlet rows and columns) are dropped.
-    """
-    indptr, indices, data = A.getValuesCSR()
-    nrows = A.getLocalSize()[0]
-    out = sp.csr_matrix((data.copy(), indices.copy(), indptr.copy()),
-                        shape=(nrows, A.getSize()[1]))
-    out.eliminate_zeros()
-    return out
-
-
 def assemble(problem: Problem, *, grid_order: np.ndarray | None = None) -> System:
     """Assemble a :class:`Problem` into PETSc and SciPy views.
 
@@ -296,7 +284,7 @@ def assemble(problem: Problem, *, grid_order: np.ndarray | None = None) -> Syste
     bdofs_local = bdofs_local[bdofs_local < imap.size_local]
     bdofs = imap.local_to_global(bdofs_local.astype(np.int32)).astype(np.int64)
     order = _grid_order(V) if grid_order is None else np.asarray(grid_order)
-    from nlss_fenicsx.petsc import attach_grid_order
+    from nlss_fenicsx.petsc import attach_grid_order  # noqa: I001 - same module as above
 
     attach_grid_order(A, order)
     A_csr = petsc_to_csr(A)

@@ -53,6 +53,7 @@ class MethodSpec:
     model: str | None = None
     seed: int = 0
     maxiter: int = 10000
+    precision: str = "int8"
 
     def __post_init__(self):
         if self.name not in TWOGRID_COARSE + PEERS:
@@ -157,7 +158,8 @@ def _twogrid_petsc(system, spec: MethodSpec, history: bool = False, **given) -> 
     from nlss_fenicsx.petsc import PCOptions, TwoGridPC
 
     opts = PCOptions(coarse=spec.name, model=spec.model, rank=spec.rank, K=spec.K,
-                     sweeps=spec.sweeps, nu=spec.nu, omega=spec.omega, seed=spec.seed)
+                     sweeps=spec.sweeps, nu=spec.nu, omega=spec.omega, seed=spec.seed,
+                     precision=spec.precision)
     ksp = _ksp(system.A, "cg", spec.rtol, spec.maxiter, "nlss_bench_")
     pc = ksp.getPC()
     pc.setType(PETSc.PC.Type.PYTHON)
@@ -195,8 +197,9 @@ def _twogrid_scipy(system, spec: MethodSpec, history: bool = False) -> Record:
 
         model = load_model(spec.model)
         model.check_compatible(n=A.shape[0], K=spec.K)
-        given_A = {"A": A} if isinstance(model, GNNModel) else {}  # the GNN's graph
-        P = model.basis(S, spec.rank, grid_order=system.grid_order, **given_A)
+        # The GNN reads the graph of A; the MLP has an int8 inference copy.
+        extra = {"A": A} if isinstance(model, GNNModel) else {"precision": spec.precision}
+        P = model.basis(S, spec.rank, grid_order=system.grid_order, **extra)
     t2 = time.perf_counter()
     tg = TwoGrid(A, P, nu_pre=spec.nu, nu_post=spec.nu, omega=spec.omega)
     t3 = time.perf_counter()

@@ -105,11 +105,12 @@ def learned_basis(A, comm, S_local: np.ndarray, opts, grid_order: np.ndarray,
     t1 = time.perf_counter()
     if comm.rank == 0:
         if isinstance(model, GNNModel):  # the GNN also needs A (serial: all rows)
-            from nlss_fenicsx.pdes import petsc_to_csr
+            from nlss_fenicsx.petsc import petsc_to_csr
 
             P = model.basis(S, opts.rank, grid_order=grid_order, A=petsc_to_csr(A))
         else:
-            P = model.basis(S, opts.rank, grid_order=grid_order)
+            P = model.basis(S, opts.rank, grid_order=grid_order,
+                            precision=getattr(opts, "precision", "float32"))
     t2 = time.perf_counter()
     if comm.rank == 0:
         bounds = np.cumsum([0] + [len(b) for b in blocks])

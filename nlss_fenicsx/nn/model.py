@@ -13,9 +13,11 @@ Checkpoint format (one ``torch.save`` dictionary, loadable with ``weights_only=T
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "MLPConfig", "NLSSMLP", "NLSSModel"]
+__all__ = ["CheckpointError", "Int8MLP", "MLPConfig", "NLSSMLP", "NLSSModel"]
 
 CHECKPOINT_FORMAT = "nlss_fenicsx.NLSSModel"
 CHECKPOINT_VERSION = 1
@@ -180,20 +182,93 @@ class NLSSMLP(nn.Module):
                 f"({cfg.n}, {cfg.K}); got S of shape {tuple(S.shape)}"
             )
         unbatched = S.ndim == 2
-        if unbatched:
-            S = S.unsqueeze(0)
-        S = S.to(self.head.weight.dtype)  # e.g. float64 data into a float32 network
-        norms = torch.linalg.vector_norm(S, dim=-2, keepdim=True)
-        norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-        x = (S * (math.sqrt(cfg.n) / norms)).reshape(S.shape[0], cfg.n * cfg.K)
-        x = self.body(x)
+        x = self.body(_features(S, cfg, self.head.weight.dtype))
         rows = r * cfg.n  # the first r columns are a contiguous block of output rows
         raw = nn.functional.linear(x, self.head.weight[:rows], self.head.bias[:rows])
-        raw = raw.reshape(S.shape[0], r, cfg.n).transpose(-1, -2)  # (batch, n, r)
-        Q, R = torch.linalg.qr(raw, mode="reduced")
-        signs = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))
-        signs = torch.where(signs == 0, torch.ones_like(signs), signs)
-        P = Q * signs.unsqueeze(-2)
+        P = _orthonormal_columns(raw, r, cfg.n)
+        return P[0] if unbatched else P
+
+
+def _features(S: torch.Tensor, cfg: MLPConfig, dtype) -> torch.Tensor:
+    """The network input: columns scaled to norm sqrt(n), flattened node-major."""
+    if S.ndim == 2:
+        S = S.unsqueeze(0)
+    S = S.to(dtype)  # e.g. float64 data into a float32 network
+    norms = torch.linalg.vector_norm(S, dim=-2, keepdim=True)
+    norms = torch.where(norms > 0, norms, torch.ones_like(norms))
+    return (S * (math.sqrt(cfg.n) / norms)).reshape(S.shape[0], cfg.n * cfg.K)
+
+
+def _orthonormal_columns(raw: torch.Tensor, r: int, n: int) -> torch.Tensor:
+    """Reshape the head's output to ``(batch, n, r)`` and orthonormalise by QR, with the
+    signs fixed so that ``diag(R) > 0`` (unique and nested in r)."""
+    raw = raw.reshape(raw.shape[0], r, n).transpose(-1, -2)  # (batch, n, r)
+    Q, R = torch.linalg.qr(raw, mode="reduced")
+    signs = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    return Q * signs.unsqueeze(-2)
+
+
+@contextlib.contextmanager
+def _quiet_quantization():
+    """torch.ao.quantization announces its move to torchao; the API still works here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*quantiz.*")
+        yield
+
+
+class Int8MLP:
+    """Inference-only copy of an :class:`NLSSMLP` with int8 weights (CPU).
+
+    The Linear layers are converted by PyTorch's dynamic quantisation (int8 weights with
+    one scale per layer, activations quantised on the fly, fbgemm kernels). A forward pass
+    at batch 1 is a matrix-vector product bound by reading the weights, so a quarter of
+    the bytes is most of the gain. The head is quantised per requested rank ``r`` (its
+    first ``r*n`` rows) and cached. The result is orthonormalised by the same QR as the
+    float32 network, so ``P`` stays orthonormal; only its span moves, by the small angles
+    the tests bound.
+    """
+
+    def __init__(self, net: NLSSMLP):
+        import copy
+
+        from torch.ao.quantization import quantize_dynamic
+
+        self.config = net.config
+        src = copy.deepcopy(net).float().cpu().eval()
+        self._head_w = src.head.weight.detach()
+        self._head_b = src.head.bias.detach()
+        with _quiet_quantization():
+            self.body = quantize_dynamic(src.body, {nn.Linear}, dtype=torch.qint8)
+        self._heads: dict[int, nn.Module] = {}
+
+    def _head(self, r: int) -> nn.Module:
+        from torch.ao.quantization import quantize_dynamic
+
+        if r not in self._heads:
+            rows = r * self.config.n
+            lin = nn.Linear(self._head_w.shape[1], rows)
+            with torch.no_grad():
+                lin.weight.copy_(self._head_w[:rows])
+                lin.bias.copy_(self._head_b[:rows])
+            with _quiet_quantization():
+                self._heads[r] = quantize_dynamic(nn.Sequential(lin), {nn.Linear},
+                                                  dtype=torch.qint8)
+        return self._heads[r]
+
+    @torch.inference_mode()
+    def __call__(self, S: torch.Tensor, r: int | None = None) -> torch.Tensor:
+        with _quiet_quantization():
+            return self._forward(S, r)
+
+    def _forward(self, S: torch.Tensor, r: int | None) -> torch.Tensor:
+        cfg = self.config
+        r = cfg.r_max if r is None else int(r)
+        if not 1 <= r <= cfg.r_max:
+            raise ValueError(f"r must satisfy 1 <= r <= r_max={cfg.r_max}; got r={r}")
+        unbatched = S.ndim == 2
+        x = self.body(_features(S.cpu(), cfg, torch.float32))
+        P = _orthonormal_columns(self._head(r)(x), r, cfg.n)
         return P[0] if unbatched else P
 
 
@@ -302,6 +377,7 @@ class NLSSModel:
             },
             "metadata",
         )
+        self._int8: Int8MLP | None = None
         self.path: Path | None = None
         self.step: int | None = None
         self.optimizer_state: dict[str, Any] | None = None
@@ -338,7 +414,20 @@ class NLSSModel:
         self.net.to(device)
         return self
 
-    def basis(self, S: np.ndarray, r: int, grid_order: np.ndarray | None = None) -> np.ndarray:
+    def int8(self) -> Int8MLP | None:
+        """The int8 inference copy of the network (built once, then reused), or ``None``
+        (with one warning) where this PyTorch build has no dynamic quantisation."""
+        if self._int8 is None:
+            try:
+                self._int8 = Int8MLP(self.net)
+            except (ImportError, AttributeError, RuntimeError, NotImplementedError) as err:
+                warnings.warn(f"int8 inference unavailable ({err}); using float32",
+                              RuntimeWarning, stacklevel=2)
+                self._int8 = False
+        return self._int8 or None
+
+    def basis(self, S: np.ndarray, r: int, grid_order: np.ndarray | None = None,
+              precision: str = "float32") -> np.ndarray:
         """Coarse basis ``P`` (``n x r``, orthonormal, float64, dof order) from ``S``.
 
         Parameters
@@ -351,6 +440,9 @@ class NLSSModel:
             ``grid_order[g]`` is the dof of grid node ``g`` (``pdes.System.grid_order``).
             The network sees ``S[grid_order]``; the result is mapped back to dof order.
             ``None`` means dof order is grid order.
+        precision : {'float32', 'int8'}
+            ``'int8'`` runs the dynamically quantised copy (:meth:`int8`, CPU): about four
+            times fewer weight bytes to read, a few times faster at batch 1.
 
         Returns
         -------
@@ -384,10 +476,19 @@ class NLSSModel:
                     f"shape {grid_order.shape} and dtype {grid_order.dtype}"
                 )
             S = S[grid_order]
+        if precision not in ("float32", "int8"):
+            raise ValueError(f"Unrecognized precision {precision!r}; expected 'float32' or "
+                             "'int8'")
         param = next(self.net.parameters())
         with torch.inference_mode():
-            S_t = torch.as_tensor(np.ascontiguousarray(S), dtype=param.dtype, device=param.device)
-            P_grid = self.net(S_t, r=int(r)).cpu().numpy().astype(np.float64)
+            int8 = self.int8() if precision == "int8" else None
+            if int8 is not None:
+                S_t = torch.as_tensor(np.ascontiguousarray(S), dtype=torch.float32)
+                P_grid = int8(S_t, r=int(r)).numpy().astype(np.float64)
+            else:
+                S_t = torch.as_tensor(np.ascontiguousarray(S), dtype=param.dtype,
+                                      device=param.device)
+                P_grid = self.net(S_t, r=int(r)).cpu().numpy().astype(np.float64)
         if grid_order is None:
             return P_grid
         P = np.empty_like(P_grid)
