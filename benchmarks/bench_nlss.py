@@ -113,10 +113,10 @@ def training_levers(pde: str, budget, steps: int = 20) -> dict:
     res = {}
     cfg = MLPConfig(n=(budget.N + 1) ** 2, K=budget.K, r_max=budget.r_max, hidden=budget.hidden)
     S = torch.randn(1, cfg.n, cfg.K)
-    for label, fused, to_none in (("before: Adam foreach, gradients freed each step", False,
-                                   True),
+    for label, fused, to_none in (("before: Adam foreach, gradients freed", False, True),
                                   ("Adam foreach, gradients kept", False, False),
-                                  ("after: Adam fused, gradients kept", True, False)):
+                                  ("Adam fused, gradients kept", True, False),
+                                  ("after: Adam fused, gradients freed", True, True)):
         for threads in (1, 2):
             torch.manual_seed(0)
             torch.set_num_threads(threads)

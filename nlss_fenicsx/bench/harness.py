@@ -91,7 +91,7 @@ BUDGETS = {
                     scal_N=(6, 8, 10), scal_steps=20, scal_instances=2,
                     note="CI smoke test: tiny sizes, a few training steps"),
     "standard": Budget("standard", N=64, K=72, r_max=72, steps=1000, hidden=PAPER_HIDDEN,
-                       instances=100, gnn_width=488, gnn_layers=5, gnn_steps=25,
+                       instances=100, gnn_width=488, gnn_layers=5, gnn_steps=12,
                        note="one 2-core CPU; MLPs get the code protocol's 1000 steps, the "
                             "GNN only the steps that fit its share of the budget"),
     "paper": Budget("paper", N=64, K=72, r_max=72, steps=1_000_000, hidden=PAPER_HIDDEN,
