@@ -417,7 +417,8 @@ def run_bench(pde: str, budget: Budget | str, out: str | Path, *, ranks=None,
                 or k.split("@")[0].replace("-scipy", "") in methods}
     todo = {k: v for k, v in plan.items()
             if not (k in res["methods"] and len(res["methods"][k]["records"]) == len(systems))}
-    bar = tqdm(total=len(todo) * len(systems), desc=f"bench {pde}", disable=not progress)
+    bar = tqdm(total=len(todo) * len(systems), desc=f"bench {pde}",
+               disable=None if progress else True)
     for key, (name, rank, path, model) in todo.items():
         run_one(systems[0], _spec(name, rank, path, model, budget, TEST_SEED))  # warm-up
         records = []

@@ -190,7 +190,8 @@ def load_dataset(cfg: DataConfig, *, n_train: int = 1000, n_test: int = 100, see
     test_seeds = [instance_seed(seed + TEST_SEED_OFFSET, i) for i in range(n_test)]
     arrays = []
     for seeds, label in ((train_seeds, "train"), (test_seeds, "test")):
-        it = tqdm(seeds, desc=f"{cfg.pde} N={cfg.N} {label} set", disable=not progress)
+        it = tqdm(seeds, desc=f"{cfg.pde} N={cfg.N} {label} set",
+                  disable=None if progress else True)
         arrays.append(np.stack([instance(cfg, s)[1] for s in it]) if seeds else
                       np.zeros((0, cfg.n, cfg.K), np.float32))
     folder.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,7 +43,14 @@ from torch import nn
 
 from nlss_fenicsx.nn.data import TEST_SEED_OFFSET, DataConfig, instance, instance_seed
 from nlss_fenicsx.nn.losses import twogrid_error_loss
-from nlss_fenicsx.nn.model import _REQUIRED_KEYS, CheckpointError, NLSSModel, _plain
+from nlss_fenicsx.nn.model import (
+    CheckpointError,
+    NLSSModel,
+    _plain,
+    finish_load,
+    read_checkpoint,
+    write_checkpoint,
+)
 from nlss_fenicsx.nn.train import _deferred_stop, peak_rss_mib
 
 __all__ = [
@@ -566,28 +572,8 @@ class GNNModel:
         -------
         pathlib.Path
         """
-        path = Path(path)
-        metadata = dict(self.metadata)
-        metadata["extra"] = {**metadata.get("extra", {}), **_plain(extra or {}, "extra")}
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "state_dict": self.net.state_dict(),
-            "metadata": _plain(metadata, "metadata"),
-            "optimizer": None if optimizer is None else optimizer.state_dict(),
-            "step": None if step is None else int(step),
-        }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_checkpoint(path, CHECKPOINT_FORMAT, self, optimizer=optimizer, step=step,
+                                extra=extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, map_location: Any = "cpu") -> GNNModel:
@@ -600,45 +586,15 @@ class GNNModel:
             version, lacks required entries, or its weights do not fit its config.
         """
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"checkpoint {path} is truncated or corrupt: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            tag = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-            raise CheckpointError(f"checkpoint {path} is not an nlss_fenicsx GNN checkpoint: "
-                                  f"expected format {CHECKPOINT_FORMAT!r}, got {tag!r}")
-        missing = [k for k in _REQUIRED_KEYS if k not in payload]
-        if missing:
-            raise CheckpointError(f"checkpoint {path} lacks required entries {missing}")
-        version = payload["format_version"]
-        if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
-            raise CheckpointError(f"checkpoint {path} has format version {version!r}; this "
-                                  f"nlss_fenicsx reads versions 1..{CHECKPOINT_VERSION}")
+        payload = read_checkpoint(path, CHECKPOINT_FORMAT, map_location=map_location)
         metadata = payload["metadata"]
-        if not isinstance(metadata, dict) or not isinstance(metadata.get("config"), dict):
-            raise CheckpointError(f"checkpoint {path} lacks metadata['config']")
         try:
             config = GNNConfig(**metadata["config"])
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"checkpoint {path} has an invalid config: {exc}") from exc
         model = cls(config, N=metadata.get("N"), pde=metadata.get("pde"),
                     preset=metadata.get("preset"), extra=metadata.get("extra"))
-        try:
-            model.net.load_state_dict(payload["state_dict"])
-        except (RuntimeError, TypeError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint {path} weights do not fit its config {config}: "
-                                  f"{exc}") from exc
-        if isinstance(map_location, str | torch.device):
-            model.net.to(map_location)
-        model.metadata = metadata
-        model.path = path
-        model.step = payload.get("step")
-        model.optimizer_state = payload.get("optimizer")
-        return model
+        return finish_load(model, payload, path, map_location)
 
 
 # --------------------------------------------------------------------------------------
@@ -830,7 +786,7 @@ def train_gnn(cfg: GNNTrainConfig, out: str | Path, *, device: str = "cpu", resu
 
     step = start
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.pde} gnn",
-               disable=not progress, dynamic_ncols=True)
+               disable=None if progress else True, dynamic_ncols=True)
     # One background worker builds batch t+1 (mesh, assembly, smoothing) during step t.
     pool = ThreadPoolExecutor(max_workers=1)
     pending = pool.submit(batch_at, start) if start < cfg.steps else None

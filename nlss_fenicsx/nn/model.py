@@ -550,28 +550,8 @@ class NLSSModel:
         pathlib.Path
             The path written.
         """
-        path = Path(path)
-        metadata = dict(self.metadata)
-        metadata["extra"] = {**metadata.get("extra", {}), **_plain(extra or {}, "extra")}
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "state_dict": self.net.state_dict(),
-            "metadata": _plain(metadata, "metadata"),
-            "optimizer": None if optimizer is None else optimizer.state_dict(),
-            "step": None if step is None else int(step),
-        }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(payload, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return write_checkpoint(path, CHECKPOINT_FORMAT, self, optimizer=optimizer, step=step,
+                                extra=extra)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, map_location: Any = "cpu") -> NLSSModel:
@@ -596,32 +576,8 @@ class NLSSModel:
             version, lacks required entries, or its weights do not fit its config.
         """
         path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(
-                f"checkpoint {path} is truncated or corrupt: {type(exc).__name__}: {exc}"
-            ) from exc
-        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-            tag = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-            raise CheckpointError(
-                f"checkpoint {path} is not an nlss_fenicsx model checkpoint: expected format "
-                f"{CHECKPOINT_FORMAT!r}, got {tag!r}"
-            )
-        missing = [k for k in _REQUIRED_KEYS if k not in payload]
-        if missing:
-            raise CheckpointError(f"checkpoint {path} lacks required entries {missing}")
-        version = payload["format_version"]
-        if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
-            raise CheckpointError(
-                f"checkpoint {path} has format version {version!r}; this nlss_fenicsx reads "
-                f"versions 1..{CHECKPOINT_VERSION}"
-            )
+        payload = read_checkpoint(path, CHECKPOINT_FORMAT, map_location=map_location)
         metadata = payload["metadata"]
-        if not isinstance(metadata, dict) or not isinstance(metadata.get("config"), dict):
-            raise CheckpointError(f"checkpoint {path} lacks metadata['config']")
         try:
             config = MLPConfig(**metadata["config"])
         except (TypeError, ValueError) as exc:
@@ -634,16 +590,78 @@ class NLSSModel:
             loss=metadata.get("loss"),
             extra=metadata.get("extra"),
         )
-        try:
-            model.net.load_state_dict(payload["state_dict"])
-        except (RuntimeError, TypeError, KeyError) as exc:
-            raise CheckpointError(
-                f"checkpoint {path} weights do not fit its config {config}: {exc}"
-            ) from exc
-        if isinstance(map_location, str | torch.device):
-            model.net.to(map_location)
-        model.metadata = metadata  # keep what was written (versions of the writer included)
-        model.path = path
-        model.step = payload.get("step")
-        model.optimizer_state = payload.get("optimizer")
-        return model
+        return finish_load(model, payload, path, map_location)
+
+
+def write_checkpoint(path: str | os.PathLike, fmt: str, model, *, optimizer=None,
+                     step: int | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Atomically write ``model`` (``.net``, ``.metadata``) as a checkpoint of format ``fmt``:
+    a temporary file in the same folder, fsync, then rename. ``extra`` is merged into
+    ``metadata['extra']`` of the file only."""
+    path = Path(path)
+    metadata = dict(model.metadata)
+    metadata["extra"] = {**metadata.get("extra", {}), **_plain(extra or {}, "extra")}
+    payload = {
+        "format": fmt,
+        "format_version": CHECKPOINT_VERSION,
+        "state_dict": model.net.state_dict(),
+        "metadata": _plain(metadata, "metadata"),
+        "optimizer": None if optimizer is None else optimizer.state_dict(),
+        "step": None if step is None else int(step),
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: Path, fmt: str, *, map_location: Any = "cpu") -> dict:
+    """The payload of a checkpoint of format ``fmt``, or one clear :class:`CheckpointError`
+    (missing, truncated or corrupt file, another format or version, missing entries)."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        tag = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        kind = "GNN" if fmt.endswith("GNNModel") else "model"
+        raise CheckpointError(f"checkpoint {path} is not an nlss_fenicsx {kind} checkpoint: "
+                              f"expected format {fmt!r}, got {tag!r}")
+    missing = [k for k in _REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks required entries {missing}")
+    version = payload["format_version"]
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version!r}; this "
+                              f"nlss_fenicsx reads versions 1..{CHECKPOINT_VERSION}")
+    metadata = payload["metadata"]
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("config"), dict):
+        raise CheckpointError(f"checkpoint {path} lacks metadata['config']")
+    return payload
+
+
+def finish_load(model, payload: dict, path: Path, map_location: Any):
+    """Load the weights into a freshly built ``model`` and attach what the file records."""
+    try:
+        model.net.load_state_dict(payload["state_dict"])
+    except (RuntimeError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"checkpoint {path} weights do not fit its config "
+                              f"{model.config}: {exc}") from exc
+    if isinstance(map_location, str | torch.device):
+        model.net.to(map_location)
+    model.metadata = payload["metadata"]  # what was written (the writer's versions too)
+    model.path = path
+    model.step = payload.get("step")
+    model.optimizer_state = payload.get("optimizer")
+    return model

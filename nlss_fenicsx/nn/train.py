@@ -235,7 +235,7 @@ def train(cfg: TrainConfig, out: str | Path, *, device: str = "cpu", resume: boo
 
     step = start
     bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.pde} {cfg.loss}",
-               disable=not progress, dynamic_ncols=True)
+               disable=None if progress else True, dynamic_ncols=True)
     # One background worker builds batch t+1 (mesh, assembly, smoothing) during step t.
     pool = ThreadPoolExecutor(max_workers=1)
     pending = pool.submit(batch_at, start) if start < cfg.steps else None
