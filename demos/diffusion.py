@@ -31,11 +31,12 @@
 # protocol: a fresh random instance per Adam step) with a progress bar, and stores it
 # under `$NLSS_FENICSX_CACHE` (default `~/.cache/nlss_fenicsx/models/`), named after
 # its settings. At the default size, $N = 32$ ($n = 1089$), $K = r_\max = 48$, the
-# paper's widths 128-256-256-128 (13.6M parameters) and 1000 steps, that took about
-# 2.5 minutes on the 2-core development machine; every later run loads the file and
-# takes seconds. `--retrain` trains again; a corrupt or stale cache file is reported and
+# paper's widths 128-256-256-128 (13.6M parameters) and 1000 steps, that took 23 s
+# of training (30 s for the whole first run) on the quiet 2-core development machine, and
+# up to about a minute when other work shares the cores; every later run loads the file
+# and takes seconds. `--retrain` trains again; a corrupt or stale cache file is reported and
 # retrained. (The paper's $N = 64$, $K = r_\max = 72$ model has 78M parameters and
-# trains in about 8 minutes here: use `nlss-fenicsx train` for it and pass your own
+# trains in 2.5-4.5 minutes here: use `nlss-fenicsx train` for it and pass your own
 # checkpoint to the PC.)
 #
 # **Plugging it into dolfinx** takes PETSc options only, plus one call that tells the

