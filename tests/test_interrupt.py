@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from nlss_fenicsx.nn import NLSSModel
@@ -96,16 +95,9 @@ def test_sigterm_mid_training_then_resume_is_bit_identical(tmp_path):
             assert torch.equal(state[key], ref_opt[i][key]), (i, key)
 
 
-def _harness_error(stderr: str) -> str | None:
-    lines = [ln for ln in stderr.splitlines() if "ImportError" in ln]
-    return lines[-1] if lines else None
-
-
 def test_killed_bench_keeps_results_and_resume_continues(tmp_path):
     """``nlss-fenicsx bench`` killed (SIGKILL) after its first results.json: the file is
-    whole, incomplete, and ``--resume`` finishes without rerunning what it holds.
-
-    Skipped (with the import error) while the harness cannot run yet."""
+    whole, incomplete, and ``--resume`` finishes without rerunning what it holds."""
     out = tmp_path / "bench"
     env = _env(NLSS_FENICSX_CACHE=str(tmp_path / "cache"))
     args = ["bench", "--pde", "diffusion", "--budget", "smoke", "--out", out, "--no-progress"]
@@ -122,8 +114,6 @@ def test_killed_bench_keeps_results_and_resume_continues(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    if not results.exists() and _harness_error(stderr):
-        pytest.skip(f"bench harness not runnable yet: {_harness_error(stderr)}")
     assert results.exists(), stderr
     first = json.loads(results.read_text())  # whole: written atomically
     assert first["complete"] is False, "the run finished before it could be killed"
