@@ -31,7 +31,6 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -51,7 +50,7 @@ from nlss_fenicsx.nn.model import (
     read_checkpoint,
     write_checkpoint,
 )
-from nlss_fenicsx.nn.train import _deferred_stop, peak_rss_mib
+from nlss_fenicsx.nn.train import peak_rss_mib, run_steps
 
 __all__ = [
     "EDGE_FEATURES",
@@ -471,29 +470,14 @@ class GNNModel:
         return (f"GNNModel(n={c.n}, K={c.K}, r_max={c.r_max}, width={c.width}, "
                 f"layers={c.layers}, pde={m['pde']!r}, parameters={self.num_parameters()})")
 
-    @property
-    def n(self) -> int:
-        """Number of unknowns the model was built for."""
-        return self.config.n
-
-    @property
-    def K(self) -> int:
-        """Number of smoothed vectors the model was built for."""
-        return self.config.K
-
-    @property
-    def r_max(self) -> int:
-        """Largest rank the model produces."""
-        return self.config.r_max
-
-    # Same checks, same messages as the MLP's (it reads only config, metadata and path).
+    # Same accessors, checks and messages as the MLP's (they read only config, metadata,
+    # path and net).
+    n = NLSSModel.n
+    K = NLSSModel.K
+    r_max = NLSSModel.r_max
     check_compatible = NLSSModel.check_compatible
     num_parameters = NLSSModel.num_parameters
-
-    def to(self, device: torch.device | str) -> GNNModel:
-        """Move the network to ``device`` (in place) and return ``self``."""
-        self.net.to(device)
-        return self
+    to = NLSSModel.to
 
     def basis(self, S: np.ndarray, r: int, grid_order: np.ndarray | None = None,
               A=None) -> np.ndarray:
@@ -748,7 +732,6 @@ def train_gnn(cfg: GNNTrainConfig, out: str | Path, *, device: str = "cpu", resu
         The trained model; ``metadata['extra']`` holds ``train_config``, ``history``,
         ``train_seconds``, ``peak_rss_mib`` and ``device``.
     """
-    from tqdm.auto import tqdm
 
     out = Path(out)
     device = torch.device(device)
@@ -779,53 +762,32 @@ def train_gnn(cfg: GNNTrainConfig, out: str | Path, *, device: str = "cpu", resu
     held_out = [_instance_tensors(cfg, instance_seed(cfg.seed + TEST_SEED_OFFSET, i))
                 for i in range(cfg.n_eval)]
 
-    def save(step: int) -> None:
-        extra.update(history=history, train_seconds=elapsed, peak_rss_mib=peak_rss_mib(),
-                     device=str(device))
+    def save(step: int, seconds: float) -> None:
+        extra.update(history=history, train_seconds=elapsed + seconds,
+                     peak_rss_mib=peak_rss_mib(), device=str(device))
         model.save(out, optimizer=opt, step=step, extra=extra)
 
-    step = start
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.pde} gnn",
-               disable=None if progress else True, dynamic_ncols=True)
-    # One background worker builds batch t+1 (mesh, assembly, smoothing) during step t.
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending = pool.submit(batch_at, start) if start < cfg.steps else None
-    try:
-        with _deferred_stop() as flag:
-            while step < cfg.steps:
-                if flag["stop"]:
-                    raise KeyboardInterrupt
-                t0 = time.perf_counter()
-                items = pending.result()
-                pending = pool.submit(batch_at, step + 1) if step + 1 < cfg.steps else None
-                g = _generator(device, instance_seed(cfg.seed + 7, step))
-                loss = _batch_loss(net, cfg, items, device, g)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                elapsed += time.perf_counter() - t0
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    net.eval()
-                    with torch.no_grad():
-                        ev = float(_batch_loss(net, cfg, held_out, device,
-                                               _generator(device, cfg.seed + 11)))
-                    net.train()
-                    history.append({"step": step, "loss": float(loss.item()), "eval_loss": ev})
-                    if not progress:
-                        log(f"step {step}: loss {loss.item():.4f}, held-out loss {ev:.4f}")
-                if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                    save(step)
-    except KeyboardInterrupt:
-        save(step)
-        bar.close()
-        pool.shutdown(wait=True, cancel_futures=True)
-        log(f"interrupted at step {step}; checkpoint saved to {out} (run again to resume)")
-        raise KeyboardInterrupt from None
-    bar.close()
-    pool.shutdown(wait=True, cancel_futures=True)
+    def step_fn(items: list, step: int) -> float:
+        loss = _batch_loss(net, cfg, items, device,
+                           _generator(device, instance_seed(cfg.seed + 7, step)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.item())
+
+    def eval_fn(step: int, loss: float) -> str:
+        net.eval()
+        with torch.no_grad():
+            ev = float(_batch_loss(net, cfg, held_out, device,
+                                   _generator(device, cfg.seed + 11)))
+        net.train()
+        history.append({"step": step, "loss": loss, "eval_loss": ev})
+        return f"step {step}: loss {loss:.4f}, held-out loss {ev:.4f}"
+
+    step, _ = run_steps(start=start, steps=cfg.steps, batch_at=batch_at, step_fn=step_fn,
+                        eval_fn=eval_fn, eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every,
+                        save=save, where=out, desc=f"train {cfg.pde} gnn", progress=progress,
+                        log=log)
     net.eval()
     model.step = step
     model.metadata["extra"] = extra

@@ -139,6 +139,55 @@ def _deferred_stop():
             signal.signal(sig, previous)
 
 
+def run_steps(*, start: int, steps: int, batch_at, step_fn, eval_fn, eval_every: int,
+              ckpt_every: int, save, where, desc: str, progress: bool,
+              log) -> tuple[int, float]:
+    """The loop both trainers share.
+
+    A background worker builds batch ``t+1`` (mesh, assembly, smoothing) while step ``t``
+    runs; ``step_fn(batch, step) -> loss`` takes one optimiser step; ``eval_fn(step, loss)``
+    returns a log line (or ``None``) every ``eval_every`` steps; ``save(step, seconds)``
+    checkpoints every ``ckpt_every`` steps, at the end, and on SIGINT/SIGTERM (caught as a
+    flag between steps, then re-raised as ``KeyboardInterrupt``).
+
+    Returns the final step and the seconds spent in steps.
+    """
+    from tqdm.auto import tqdm
+
+    step, elapsed = start, 0.0
+    bar = tqdm(total=steps, initial=start, desc=desc, disable=None if progress else True,
+               dynamic_ncols=True)
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending = pool.submit(batch_at, start) if start < steps else None
+    try:
+        with _deferred_stop() as flag:
+            while step < steps:
+                if flag["stop"]:
+                    raise KeyboardInterrupt
+                t0 = time.perf_counter()
+                batch = pending.result()
+                pending = pool.submit(batch_at, step + 1) if step + 1 < steps else None
+                loss = step_fn(batch, step)
+                step += 1
+                elapsed += time.perf_counter() - t0
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}")
+                if step % eval_every == 0 or step == steps:
+                    line = eval_fn(step, loss)
+                    if line and not progress:
+                        log(line)
+                if step % ckpt_every == 0 or step == steps:
+                    save(step, elapsed)
+    except KeyboardInterrupt:
+        save(step, elapsed)
+        log(f"interrupted at step {step}; checkpoint saved to {where} (run again to resume)")
+        raise KeyboardInterrupt from None
+    finally:
+        bar.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+    return step, elapsed
+
+
 def _resume(out: Path, cfg: TrainConfig, device) -> NLSSModel | None:
     if not out.exists():
         return None
@@ -179,8 +228,6 @@ def train(cfg: TrainConfig, out: str | Path, *, device: str = "cpu", resume: boo
     NLSSModel
         The trained model; ``model.metadata['extra']`` holds the history and timings.
     """
-    from tqdm.auto import tqdm
-
     out = Path(out)
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -228,55 +275,34 @@ def train(cfg: TrainConfig, out: str | Path, *, device: str = "cpu", resume: boo
     svd_energy = _svd_energies(S_eval, ranks)
     S_eval_t = torch.as_tensor(S_eval, device=device)
 
-    def save(step: int) -> None:
-        extra.update(history=history, train_seconds=elapsed, peak_rss_mib=peak_rss_mib(),
-                     device=str(device))
+    def save(step: int, seconds: float) -> None:
+        extra.update(history=history, train_seconds=elapsed + seconds,
+                     peak_rss_mib=peak_rss_mib(), device=str(device))
         model.save(out, optimizer=opt, step=step, extra=extra)
 
-    step = start
-    bar = tqdm(total=cfg.steps, initial=start, desc=f"train {cfg.pde} {cfg.loss}",
-               disable=None if progress else True, dynamic_ncols=True)
-    # One background worker builds batch t+1 (mesh, assembly, smoothing) during step t.
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending = pool.submit(batch_at, start) if start < cfg.steps else None
-    try:
-        with _deferred_stop() as flag:
-            while step < cfg.steps:
-                if flag["stop"]:
-                    raise KeyboardInterrupt
-                t0 = time.perf_counter()
-                S_np = pending.result()
-                pending = pool.submit(batch_at, step + 1) if step + 1 < cfg.steps else None
-                S = torch.as_tensor(S_np, device=device)
-                g = torch.Generator().manual_seed(instance_seed(cfg.seed + 7, step))
-                perm = torch.stack([torch.randperm(cfg.K, generator=g) for _ in range(len(S))])
-                S = torch.take_along_dim(S, perm.to(device)[:, None, :], dim=2)
-                loss = loss_fn(net(S), S)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                step += 1
-                elapsed += time.perf_counter() - t0
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    net.eval()
-                    ev = evaluate(net, S_eval_t, ranks, svd_energy)
-                    net.train()
-                    history.append({"step": step, "loss": float(loss.item()), **ev})
-                    if not progress:
-                        log(f"step {step}: loss {loss.item():.4f}, " + ", ".join(
-                            f"{k} {v:.4f}" for k, v in ev.items() if k.startswith("gap")))
-                if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                    save(step)
-    except KeyboardInterrupt:
-        save(step)
-        bar.close()
-        pool.shutdown(wait=True, cancel_futures=True)
-        log(f"interrupted at step {step}; checkpoint saved to {out} (run again to resume)")
-        raise KeyboardInterrupt from None
-    bar.close()
-    pool.shutdown(wait=True, cancel_futures=True)
+    def step_fn(S_np: np.ndarray, step: int) -> float:
+        S = torch.as_tensor(S_np, device=device)
+        g = torch.Generator().manual_seed(instance_seed(cfg.seed + 7, step))
+        perm = torch.stack([torch.randperm(cfg.K, generator=g) for _ in range(len(S))])
+        S = torch.take_along_dim(S, perm.to(device)[:, None, :], dim=2)
+        loss = loss_fn(net(S), S)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss.item())
+
+    def eval_fn(step: int, loss: float) -> str:
+        net.eval()
+        ev = evaluate(net, S_eval_t, ranks, svd_energy)
+        net.train()
+        history.append({"step": step, "loss": loss, **ev})
+        return f"step {step}: loss {loss:.4f}, " + ", ".join(
+            f"{k} {v:.4f}" for k, v in ev.items() if k.startswith("gap"))
+
+    step, _ = run_steps(start=start, steps=cfg.steps, batch_at=batch_at, step_fn=step_fn,
+                        eval_fn=eval_fn, eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every,
+                        save=save, where=out, desc=f"train {cfg.pde} {cfg.loss}",
+                        progress=progress, log=log)
     net.eval()
     model.step = step
     model.metadata["extra"] = extra
