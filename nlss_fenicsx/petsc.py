@@ -185,7 +185,7 @@ def _rows(A) -> tuple[int, int]:
 
 def dense_from_rows(comm, rows: np.ndarray, n_global: int) -> PETSc.Mat:
     """A (MPI) dense PETSc matrix whose owned rows are ``rows`` (local block, n_local x k)."""
-    rows = np.ascontiguousarray(rows, dtype=PETSc.ScalarType)
+    rows = np.asarray(rows, dtype=PETSc.ScalarType)  # any layout: PETSc's is column-major
     n_local, k = rows.shape
     M = PETSc.Mat().createDense(((n_local, n_global), (PETSc.DECIDE, k)), comm=comm)
     M.setUp()
@@ -200,7 +200,8 @@ def smoothed_vectors_petsc(A, K: int, *, sweeps: int = 10, omega: float = 0.66,
 
     Each sweep is one sparse x dense block product ``A S`` in PETSc, then
     ``S -= omega D^{-1} A S`` and a renormalisation of each column (norms all-reduced).
-    The start block is the rows of a global ``n x K`` standard normal draw with ``seed``
+    The start block is the rows of the global ``n x K`` draw
+    :func:`nlss_fenicsx.smoothing.gaussian_start` with ``seed``
     (or ``S0``, this rank's rows of a given start), so the result does not depend on the
     number of ranks for a fixed global numbering.
 
@@ -210,7 +211,9 @@ def smoothed_vectors_petsc(A, K: int, *, sweeps: int = 10, omega: float = 0.66,
     lo, hi = _rows(A)
     n = A.getSize()[0]
     if S0 is None:
-        S0 = np.random.default_rng(seed).standard_normal((n, K))[lo:hi]
+        from nlss_fenicsx.smoothing import gaussian_start
+
+        S0 = gaussian_start(seed, n, K)[lo:hi].astype(np.float64)
     d = A.getDiagonal().getArray().copy()
     # Every check is collective: a rank that raised alone would leave the others waiting.
     bad = int(np.count_nonzero(~np.isfinite(d) | (d <= 0)))
