@@ -84,3 +84,113 @@ def test_unknown_precision_is_rejected():
 
     with pytest.raises(ValueError, match="Unrecognized nlss_precision 'fp8'"):
         PCOptions(precision="fp8")
+
+
+def test_gaussian_start_is_standard_normal_and_reproducible():
+    from scipy import stats
+
+    from nlss_fenicsx.smoothing import gaussian_start
+
+    Z = gaussian_start(3, 4225, 72)
+    assert Z.shape == (4225, 72) and Z.dtype == np.float32 and Z.flags.c_contiguous
+    np.testing.assert_array_equal(Z, gaussian_start(np.random.default_rng(3), 4225, 72))
+    assert not np.array_equal(Z, gaussian_start(4, 4225, 72))
+    z = Z.ravel().astype(np.float64)
+    assert abs(z.mean()) < 0.01 and abs(z.var() - 1.0) < 0.01
+    assert abs(stats.skew(z)) < 0.02 and abs(stats.kurtosis(z)) < 0.05
+    # Kolmogorov-Smirnov against N(0, 1) on all 304,200 draws (fixed seed).
+    assert stats.kstest(z, "norm").pvalue > 0.01
+    # The cosine and sine halves of Box-Muller are independent: no correlation.
+    half = z.size // 2
+    assert abs(np.corrcoef(z[:half], z[half:2 * half])[0, 1]) < 0.01
+    assert gaussian_start(0, 3, 5).shape == (3, 5)  # odd n*K
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 5e-6), (np.float64, 1e-13)])
+@pytest.mark.parametrize("cond", [1.5, 40.0, 2e3, 1e9])
+def test_cholesky_qr_equals_householder_and_stays_orthonormal(dtype, tol, cond):
+    """orthonormal_rows (Cholesky QR, with a second pass and a Householder fallback) gives
+    the same positive-diagonal QR factor as Householder QR, orthonormal at any condition."""
+    from nlss_fenicsx.nn.model import orthonormal_rows
+
+    rng = np.random.default_rng(int(cond))
+    n, r = 700, 24
+    U = np.linalg.qr(rng.standard_normal((n, r)))[0]
+    V = np.linalg.qr(rng.standard_normal((r, r)))[0]
+    X = (U * np.geomspace(1.0, 1.0 / cond, r)) @ V
+    Qt = orthonormal_rows(np.ascontiguousarray(X.T, dtype=dtype))
+    assert Qt.dtype == dtype and Qt.shape == (r, n)
+    Q = Qt.T.astype(np.float64)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(r), atol=tol * 10)
+    Qh, R = np.linalg.qr(X)
+    Qh = Qh * np.sign(np.diag(R))
+    if cond < 1e3:  # the factor itself is well determined only for moderate cond(X)
+        np.testing.assert_allclose(Q, Qh, atol=tol * cond * 10)
+    # Same span as X whatever the condition: X = Q (Q^T X).
+    resid = np.linalg.norm(X - Q @ (Q.T @ X)) / np.linalg.norm(X)
+    assert resid < (1e-5 if dtype == np.float32 else 1e-12)
+
+
+def test_cholesky_qr_rank_deficient_falls_back_to_householder():
+    from nlss_fenicsx.nn.model import orthonormal_rows
+
+    X = np.random.default_rng(0).standard_normal((200, 6))
+    X[:, 3] = X[:, 1]  # exactly rank 5: Cholesky of X^T X fails or is singular
+    Q = orthonormal_rows(np.ascontiguousarray(X.T)).T
+    assert np.all(np.isfinite(Q))
+    np.testing.assert_allclose(Q.T @ Q, np.eye(6), atol=1e-10)
+
+
+def test_int8_fast_path_matches_torch_features_and_permutation(model_path):
+    """basis(int8) fuses the permutation and input scaling into NumPy; the batched torch
+    entry point Int8MLP.__call__ must give the same P (in grid order)."""
+    from nlss_fenicsx.nn.inference import load_model
+
+    model = load_model(model_path)
+    gp, S = instance(DataConfig(N=12, K=16), instance_seed(5, 0))
+    n = S.shape[0]
+    order = np.random.default_rng(0).permutation(n)  # a dof order != grid order
+    S_dof = np.empty_like(S)
+    S_dof[order] = S
+    P = model.basis(S_dof.astype(np.float64), 8, grid_order=order, precision="int8")
+    P_grid = model.int8()(torch.from_numpy(S), r=8).numpy()
+    np.testing.assert_allclose(P[order], P_grid, atol=1e-6)
+    assert P.dtype == np.float64 and P.shape == (n, 8)
+
+
+def _small_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.LayerNorm(20),
+                               torch.nn.GELU(), torch.nn.Linear(20, 50))
+
+
+def test_backward_adam_equals_torch_fused_adam_bit_for_bit():
+    from nlss_fenicsx.nn.optim import BackwardAdam
+
+    a, b = _small_net(), _small_net()
+    ref = torch.optim.Adam(a.parameters(), lr=1e-2, fused=True)
+    opt = BackwardAdam(b.parameters(), lr=1e-2)
+    X = torch.randn(7, 30, generator=torch.Generator().manual_seed(1))
+    for t in range(6):
+        ref.zero_grad()
+        (a(X + t) ** 2).mean().backward()
+        ref.step()
+        (b(X + t) ** 2).mean().backward()
+        assert all(p.grad is None for p in b.parameters())  # freed inside backward
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    # State dicts are interchangeable with torch.optim.Adam's, both ways.
+    for key, st in ref.state_dict()["state"].items():
+        mine = opt.state_dict()["state"][key]
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(st[name], mine[name])
+    other = BackwardAdam(_small_net().parameters())
+    other.load_state_dict(ref.state_dict())
+    torch.optim.Adam(_small_net().parameters(), fused=True).load_state_dict(opt.state_dict())
+    with pytest.raises(ValueError, match="optimizer state has 6 parameters; the model has 2"):
+        BackwardAdam(torch.nn.Linear(3, 3).parameters()).load_state_dict(ref.state_dict())
+    opt.remove()  # hooks gone: backward leaves parameters and gradients alone
+    before = [p.detach().clone() for p in b.parameters()]
+    (b(X) ** 2).mean().backward()
+    assert all(torch.equal(p, q) for p, q in zip(b.parameters(), before, strict=True))
+    assert all(p.grad is not None for p in b.parameters())

@@ -24,6 +24,7 @@ import torch
 from nlss_fenicsx.nn.data import DataConfig, FreshSampler, instance_seed, load_dataset
 from nlss_fenicsx.nn.losses import captured_energy, nlss_loss, subspace_loss
 from nlss_fenicsx.nn.model import CheckpointError, MLPConfig, NLSSModel
+from nlss_fenicsx.nn.optim import BackwardAdam
 
 __all__ = ["LOSSES", "TrainConfig", "evaluate", "peak_rss_mib", "train"]
 
@@ -242,8 +243,9 @@ def train(cfg: TrainConfig, out: str | Path, *, device: str = "cpu", resume: boo
         start = int(model.step or 0)
     net = model.net.to(device)
     # Adam's update reads and writes every parameter and both moments: at 78M parameters
-    # it, not the matrix products, bounds a step. The fused kernel makes it one pass.
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)
+    # it, not the matrix products, bounds a step. The fused kernel makes it one pass, and
+    # running it inside backward, parameter by parameter, frees each gradient at once.
+    opt = BackwardAdam(net.parameters(), lr=cfg.lr)
     if model.optimizer_state is not None:
         opt.load_state_dict(model.optimizer_state)
     extra = dict(model.metadata.get("extra", {}))
@@ -286,9 +288,7 @@ def train(cfg: TrainConfig, out: str | Path, *, device: str = "cpu", resume: boo
         perm = torch.stack([torch.randperm(cfg.K, generator=g) for _ in range(len(S))])
         S = torch.take_along_dim(S, perm.to(device)[:, None, :], dim=2)
         loss = loss_fn(net(S), S)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss.backward()  # BackwardAdam updates each parameter here and frees its gradient
         return float(loss.item())
 
     def eval_fn(step: int, loss: float) -> str:
@@ -299,10 +299,13 @@ def train(cfg: TrainConfig, out: str | Path, *, device: str = "cpu", resume: boo
         return f"step {step}: loss {loss:.4f}, " + ", ".join(
             f"{k} {v:.4f}" for k, v in ev.items() if k.startswith("gap"))
 
-    step, _ = run_steps(start=start, steps=cfg.steps, batch_at=batch_at, step_fn=step_fn,
-                        eval_fn=eval_fn, eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every,
-                        save=save, where=out, desc=f"train {cfg.pde} {cfg.loss}",
-                        progress=progress, log=log)
+    try:
+        step, _ = run_steps(start=start, steps=cfg.steps, batch_at=batch_at, step_fn=step_fn,
+                            eval_fn=eval_fn, eval_every=cfg.eval_every,
+                            ckpt_every=cfg.ckpt_every, save=save, where=out,
+                            desc=f"train {cfg.pde} {cfg.loss}", progress=progress, log=log)
+    finally:
+        opt.remove()  # the module is left as a plain module, whatever happened
     net.eval()
     model.step = step
     model.metadata["extra"] = extra
