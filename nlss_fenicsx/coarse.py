@@ -126,7 +126,7 @@ def svd_basis_from_gram(
 
     Returns
     -------
-    numpy.ndarray, shape (n_local, r), float64
+    numpy.ndarray, shape (n_local, r), float64, Fortran order
         The local rows of ``U_r``, same ordering and signs as :func:`svd_basis`.
 
     Raises
@@ -166,13 +166,16 @@ def svd_basis_from_gram(
             f"sigma_{r}^2 = {lam[-1]:.3e} <= {tol:.3e} (relative to sigma_1^2 = {lam[0]:.3e})"
         )
     V = V * _sign_from_right(V)
-    U_local = S_local @ (V / np.sqrt(lam))
+    # U^T as an r x n_local C-contiguous array, i.e. U in Fortran order (PETSc's dense
+    # layout): the second pass below then works in place with no transposed copies.
+    Ut = (V / np.sqrt(lam)).T @ S_local.T
     if allreduce is not None:
-        C = np.asarray(allreduce(U_local.T @ U_local), dtype=np.float64)
+        C = np.asarray(allreduce(Ut @ Ut.T), dtype=np.float64)
         L = sla.cholesky(0.5 * (C + C.T), lower=True, check_finite=False)
         # U <- U L^{-T}: then U^T U = L^{-1} C L^{-T} = I.
-        U_local = sla.solve_triangular(L, U_local.T, lower=True, check_finite=False).T
-    return np.ascontiguousarray(U_local)
+        trsm = sla.get_blas_funcs("trsm", (L, Ut))
+        Ut = trsm(1.0, L, Ut.T, side=1, lower=1, trans_a=1, overwrite_b=1).T
+    return Ut.T
 
 
 def sa_amg_basis(A, *, seed: int = 0) -> sp.csr_matrix:

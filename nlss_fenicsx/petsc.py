@@ -353,7 +353,9 @@ class TwoGridPC:
 
         if opts.coarse == "svd":
             S = np.asarray(self.S, dtype=np.float64)  # the Gram route wants float64
-            G = comm.allreduce(S.T @ S, op=MPI.SUM)
+            G = S.T @ S
+            if comm.size > 1:
+                G = comm.allreduce(G, op=MPI.SUM)
             return svd_basis_from_gram(G, S, opts.rank,
                                        allreduce=lambda x: comm.allreduce(x, op=MPI.SUM))
         if opts.coarse == "sa":
