@@ -98,19 +98,19 @@ def learned_basis(A, comm, S_local: np.ndarray, opts, grid_order: np.ndarray,
     error = comm.bcast(error, root=0)
     if error is not None:
         raise error
+    if comm.size == 1:  # serial: no gather or scatter (and no pickled copies of S and P)
+        t0 = time.perf_counter()
+        P = _model_basis(model, A, S_local, opts, grid_order)
+        if timings is not None:
+            timings.update(gather=0.0, model=time.perf_counter() - t0, scatter=0.0)
+        return P
     t0 = time.perf_counter()
     blocks = comm.gather(np.ascontiguousarray(S_local), root=0)
     if comm.rank == 0:
         S = np.concatenate(blocks, axis=0)  # ranks own consecutive row ranges
     t1 = time.perf_counter()
     if comm.rank == 0:
-        if isinstance(model, GNNModel):  # the GNN also needs A (serial: all rows)
-            from nlss_fenicsx.petsc import petsc_to_csr
-
-            P = model.basis(S, opts.rank, grid_order=grid_order, A=petsc_to_csr(A))
-        else:
-            P = model.basis(S, opts.rank, grid_order=grid_order,
-                            precision=getattr(opts, "precision", "float32"))
+        P = _model_basis(model, A, S, opts, grid_order)
     t2 = time.perf_counter()
     if comm.rank == 0:
         bounds = np.cumsum([0] + [len(b) for b in blocks])
@@ -121,3 +121,13 @@ def learned_basis(A, comm, S_local: np.ndarray, opts, grid_order: np.ndarray,
     if timings is not None:
         timings.update(gather=t1 - t0, model=t2 - t1, scatter=time.perf_counter() - t2)
     return P_local
+
+
+def _model_basis(model, A, S, opts, grid_order):
+    """The model's ``P`` for the whole ``S`` (dof order), on the rank that holds both."""
+    if isinstance(model, GNNModel):  # the GNN also needs A (serial: all rows)
+        from nlss_fenicsx.petsc import petsc_to_csr
+
+        return model.basis(S, opts.rank, grid_order=grid_order, A=petsc_to_csr(A))
+    return model.basis(S, opts.rank, grid_order=grid_order,
+                       precision=getattr(opts, "precision", "float32"))
