@@ -8,15 +8,19 @@ r_max=72; trained on demand if missing), on ``--instances`` test instances:
    and the ratios the issue asks for (NLSS/SVD total, NLSS/SVD inference);
 2. "unoptimised" NLSS (float32 weights, full r_max head then a slice) for the iteration
    comparison and the inference before/after;
-3. each lever measured alone, before and after, in one run on the same instance:
-   smoothing (PETSc float64 with per-sweep normalisation vs SciPy float32 with
-   normalisation every 8 sweeps), inference (float32 vs int8; r_max columns vs r;
-   torch threads 1 vs 2), and training (Adam foreach vs fused, gradients freed vs kept;
-   20 steps at full size).
+3. each lever measured alone, in one run on the same instance, from the first version
+   (v0) through the previous one (v1) to now: smoothing (PETSc float64 normalising every
+   sweep; SciPy float32 with a float64 ziggurat start and three passes per sweep; now a
+   float32 Box-Muller start and one SpMM with M = I - omega D^-1 A per sweep), inference
+   (float32 with r_max columns, with r columns; int8 with torch scaling and Householder
+   QR; now int8 with NumPy scaling and Cholesky QR, 1 and 2 torch threads; and the two
+   SVD routes for reference), and training (torch Adam foreach, fused; now fused Adam
+   inside backward), time per step and the memory a step adds, at full size.
 
 Writes ``--out``/perf.json and perf.md atomically. Usage::
 
     python benchmarks/bench_nlss.py [--pde diffusion ...] [--instances 15] [--rank 48]
+                                    [--threads 1] [--out results/perf]
 """
 
 from __future__ import annotations
@@ -24,11 +28,24 @@ from __future__ import annotations
 import argparse
 import os
 import statistics as st
+import sys
 import time
 from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+
+def _threads_from_argv(argv) -> int:
+    """``--threads N`` read before NumPy loads its BLAS (which reads the variables once)."""
+    for i, arg in enumerate(argv):
+        if arg == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--threads="):
+            return int(arg.split("=", 1)[1])
+    return 1
+
+
+THREADS = _threads_from_argv(sys.argv)
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = str(THREADS)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -71,20 +88,58 @@ def _legacy_smoothing(A, K, sweeps=10, omega=0.66, seed=0):
     return out
 
 
+def _scipy_smoothing_v1(A_csr, K, sweeps=10, omega=0.66, seed=0):
+    """The second implementation (previous session): SciPy float32, float64 ziggurat start,
+    product, scale and subtract per sweep, normalise every 8 sweeps."""
+    from nlss_fenicsx.smoothing import RENORM_EVERY, normalize_columns
+
+    A = A_csr.astype(np.float32)
+    S = np.random.default_rng(seed).standard_normal((A.shape[0], K)).astype(np.float32)
+    scale = (omega / A.diagonal())[:, None]
+    for k in range(1, sweeps + 1):
+        T = A @ S
+        np.multiply(T, scale, out=T)
+        np.subtract(S, T, out=S)
+        if k % RENORM_EVERY == 0 or k == sweeps:
+            normalize_columns(S)
+    return S
+
+
+def _int8_v1(model, S, r, go):
+    """The previous int8 path: torch input scaling, Householder QR, float64 scatter."""
+    from nlss_fenicsx.nn.model import _features, _orthonormal_columns
+
+    q = model.int8()
+    with torch.inference_mode():
+        St = torch.as_tensor(np.ascontiguousarray(S[go]), dtype=torch.float32)
+        x = q.body(_features(St, q.config, torch.float32))
+        P_grid = _orthonormal_columns(q._head(r)(x), r, q.config.n)[0].numpy()
+    P = np.empty(P_grid.shape)
+    P[go] = P_grid
+    return P
+
+
 def levers(system, model, K: int, r: int) -> dict:
     """Each lever alone, before vs after, on one instance (median ms)."""
+    from nlss_fenicsx.coarse import svd_basis, svd_basis_from_gram
     from nlss_fenicsx.petsc import petsc_to_csr
-    from nlss_fenicsx.smoothing import smoothed_vectors
+    from nlss_fenicsx.smoothing import gaussian_start, smoothed_vectors
 
     A = system.A
     out = {}
     out["smoothing"] = {
-        "before: PETSc float64, normalise every sweep": _median_ms(
+        "v0: PETSc float64, normalise every sweep": _median_ms(
             lambda: _legacy_smoothing(A, K)),
-        "after: SciPy float32, normalise every 8 sweeps": _median_ms(
+        "v1: SciPy float32, float64 ziggurat start, 3 passes per sweep": _median_ms(
+            lambda: _scipy_smoothing_v1(petsc_to_csr(A), K)),
+        "start block: float64 ziggurat draw": _median_ms(
+            lambda: np.random.default_rng(0).standard_normal((system.n, K))),
+        "start block: float32 Box-Muller draw": _median_ms(
+            lambda: gaussian_start(0, system.n, K)),
+        "now: Box-Muller start, one SpMM with M = I - omega D^-1 A per sweep": _median_ms(
             lambda: smoothed_vectors(petsc_to_csr(A), K, rng=0, dtype=np.float32)),
     }
-    S = smoothed_vectors(system.A_csr, K, rng=0)
+    S = smoothed_vectors(system.A_csr, K, rng=0, dtype=np.float32)
     go = system.grid_order
     net = model.net
     St = torch.as_tensor(S[go], dtype=torch.float32)
@@ -93,46 +148,85 @@ def levers(system, model, K: int, r: int) -> dict:
         with torch.inference_mode():
             return net(St)[:, :r]
 
-    inf = {"before: float32, all r_max columns then slice": _median_ms(full_then_slice),
-           "float32, only r columns": _median_ms(lambda: model.basis(S, r, grid_order=go))}
     model.int8()  # build the quantised copy outside the timing (once per process)
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        inf[f"after: int8, r columns, {threads} torch thread(s)"] = _median_ms(
+    inf = {"v0: float32, all r_max columns then slice": _median_ms(full_then_slice),
+           "float32, only r columns": _median_ms(lambda: model.basis(S, r, grid_order=go)),
+           "v1: int8, torch scaling, Householder QR": _median_ms(
+               lambda: _int8_v1(model, S, r, go))}
+    threads = torch.get_num_threads()
+    for t in sorted({1, 2, threads}):
+        torch.set_num_threads(t)
+        inf[f"now: int8, NumPy scaling, Cholesky QR, {t} torch thread(s)"] = _median_ms(
             lambda: model.basis(S, r, grid_order=go, precision="int8"))
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
+    S64 = S.astype(np.float64)
+    inf["SVD reference: LAPACK thin SVD (gesdd) of S"] = _median_ms(lambda: svd_basis(S64, r))
+    inf["SVD reference: Gram route (the PC's svd)"] = _median_ms(
+        lambda: svd_basis_from_gram(S64.T @ S64, S64, r))
     out["inference"] = inf
     return out
 
 
-def training_levers(pde: str, budget, steps: int = 20) -> dict:
-    """Seconds per step at full size for the optimiser variants (random inputs)."""
+def _hwm_mib() -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current resident size (Linux)
+        return True
+    except OSError:
+        return False
+
+
+def training_levers(budget, steps: int = 12) -> dict:
+    """Seconds per step at full size and the memory a step adds over its steady state
+    (VmHWM after a reset, Linux), for the optimiser variants (random inputs)."""
     from nlss_fenicsx.nn.losses import nlss_loss
     from nlss_fenicsx.nn.model import NLSSMLP, MLPConfig
+    from nlss_fenicsx.nn.optim import BackwardAdam
 
     res = {}
     cfg = MLPConfig(n=(budget.N + 1) ** 2, K=budget.K, r_max=budget.r_max, hidden=budget.hidden)
     S = torch.randn(1, cfg.n, cfg.K)
-    for label, fused, to_none in (("before: Adam foreach, gradients freed", False, True),
-                                  ("Adam foreach, gradients kept", False, False),
-                                  ("Adam fused, gradients kept", True, False),
-                                  ("after: Adam fused, gradients freed", True, True)):
-        for threads in (1, 2):
-            torch.manual_seed(0)
-            torch.set_num_threads(threads)
-            net = NLSSMLP(cfg)
-            opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=fused)
-            ts = []
-            for _ in range(steps):
-                t = time.perf_counter()
-                loss = nlss_loss(net(S), S)
-                opt.zero_grad(set_to_none=to_none)
+    variants = (("v0: torch Adam foreach, zero_grad then backward", "foreach"),
+                ("v1: torch Adam fused", "fused"),
+                ("now: Adam fused inside backward, gradients freed one by one", "backward"))
+    for label, kind in variants:
+        torch.manual_seed(0)
+        net = NLSSMLP(cfg)
+        if kind == "backward":
+            opt = BackwardAdam(net.parameters(), lr=1e-3)
+        else:
+            opt = torch.optim.Adam(net.parameters(), lr=1e-3, fused=kind == "fused")
+        ts, extra = [], []
+        for _ in range(steps):
+            t = time.perf_counter()
+            loss = nlss_loss(net(S), S)
+            if kind == "backward":
+                _reset_hwm()
+                base = _hwm_mib()
+                loss.backward()
+            else:
+                opt.zero_grad(set_to_none=True)
+                _reset_hwm()
+                base = _hwm_mib()
                 loss.backward()
                 opt.step()
-                ts.append(time.perf_counter() - t)
-            res[f"{label}, {threads} thread(s)"] = st.median(ts[3:])
-            del net, opt
-    torch.set_num_threads(1)
+            peak = _hwm_mib()
+            ts.append(time.perf_counter() - t)
+            if base is not None and peak is not None:
+                extra.append(peak - base)
+        res[label] = {"s_per_step": st.median(ts[3:]),
+                      "step_peak_over_start_mib": max(extra[3:]) if extra else None}
+        if kind == "backward":
+            opt.remove()
+        del net, opt
     return res
 
 
@@ -143,17 +237,20 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=48)
     ap.add_argument("--budget", default="standard", choices=tuple(BUDGETS))
     ap.add_argument("--no-training-levers", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="BLAS and torch threads for the whole run (PETSc is serial)")
     ap.add_argument("--out", type=Path, default=Path("results/perf"))
     args = ap.parse_args()
     from nlss_fenicsx.bench.harness import _instances, _spec
     from nlss_fenicsx.nn.inference import load_model
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     budget = BUDGETS[args.budget]
     r = args.rank
     report = {"machine": machine_info(), "budget": args.budget, "rank": r,
-              "instances": args.instances, "pdes": {}}
+              "instances": args.instances, "threads": args.threads, "pdes": {}}
     lines = ["# NLSS performance (issue 8)", "", f"machine: {machine_line()}",
+             f"threads: {args.threads} (BLAS and torch; PETSc serial)",
              f"budget {args.budget}: N={budget.N}, K={budget.K}, r={r}, "
              f"{args.instances} instances; medians in ms", ""]
     for pde in args.pde:
@@ -195,11 +292,16 @@ def main() -> None:
         print("\n".join(lines[-(len(rows) + len(lev["smoothing"]) + len(lev["inference"])
                                 + 8):]), flush=True)
     if not args.no_training_levers:
-        tl = training_levers(args.pde[0], budget)
-        report["training_levers_s_per_step"] = tl
-        lines += ["## Training step at full size (seconds per step, random input)", "",
-                  "| variant | s/step |", "|---|--:|"]
-        lines += [f"| {k} | {v:.3f} |" for k, v in tl.items()]
+        tl = training_levers(budget)
+        report["training_levers"] = tl
+        lines += ["## Training step at full size (random input)", "",
+                  "Seconds per step (median), and the most a step's backward + update raised "
+                  "the resident set above its size at the start of the backward (MiB).", "",
+                  "| variant | s/step | step peak over start (MiB) |", "|---|--:|--:|"]
+        for k, v in tl.items():
+            mem = v["step_peak_over_start_mib"]
+            lines.append(f"| {k} | {v['s_per_step']:.3f} | "
+                         f"{'n/a' if mem is None else f'{mem:.0f}'} |")
         lines.append("")
     write_json(args.out / "perf.json", report)
     write_atomic(args.out / "perf.md", "\n".join(lines) + "\n")
