@@ -184,6 +184,50 @@ def _reset_hwm() -> bool:
         return False
 
 
+_STEP_SNIPPET = """
+import json, resource, statistics, sys, time
+import torch
+from nlss_fenicsx.nn.losses import nlss_loss
+from nlss_fenicsx.nn.model import NLSSMLP, MLPConfig
+from nlss_fenicsx.nn.optim import BackwardAdam
+torch.set_num_threads(1)
+n, K, r, steps = (int(a) for a in sys.argv[1:5])
+torch.manual_seed(0)
+net = NLSSMLP(MLPConfig(n=n, K=K, r_max=r))
+opt = BackwardAdam(net.parameters(), lr=1e-3)
+S = torch.randn(1, n, K)
+ts = []
+r0 = resource.getrusage(resource.RUSAGE_SELF)
+for _ in range(steps):
+    t = time.perf_counter()
+    nlss_loss(net(S), S).backward()
+    ts.append(time.perf_counter() - t)
+r1 = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"s_per_step": statistics.median(ts[3:]),
+                  "system_s_per_step": (r1.ru_stime - r0.ru_stime) / steps,
+                  "page_faults_per_step": (r1.ru_minflt - r0.ru_minflt) / steps,
+                  "peak_rss_mib": r1.ru_maxrss / 1024}))
+"""
+
+
+def huge_page_lever(budget, steps: int = 12) -> dict:
+    """The current training step in fresh processes with PyTorch's huge-page hint off and
+    on (the variable is read by the allocator once, so each setting needs its own process)."""
+    import json
+    import subprocess
+
+    out = {}
+    n = (budget.N + 1) ** 2
+    for label, value in (("4 KiB pages (THP_MEM_ALLOC_ENABLE=0)", "0"),
+                         ("now: huge pages (THP_MEM_ALLOC_ENABLE=1)", "1")):
+        env = {**os.environ, "THP_MEM_ALLOC_ENABLE": value, "C10_THP_MEM_ALLOC_ENABLE": value}
+        res = subprocess.run([sys.executable, "-c", _STEP_SNIPPET, str(n), str(budget.K),
+                              str(budget.r_max), str(steps)], env=env, capture_output=True,
+                             text=True, check=True)
+        out[label] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
 def training_levers(budget, steps: int = 12) -> dict:
     """Seconds per step at full size and the memory a step adds over its steady state
     (VmHWM after a reset, Linux), for the optimiser variants (random inputs)."""
@@ -302,6 +346,14 @@ def main() -> None:
             mem = v["step_peak_over_start_mib"]
             lines.append(f"| {k} | {v['s_per_step']:.3f} | "
                          f"{'n/a' if mem is None else f'{mem:.0f}'} |")
+        hp = huge_page_lever(budget)
+        report["huge_page_lever"] = hp
+        lines += ["", "Allocator pages for the current step (each in a fresh process):", "",
+                  "| variant | s/step | system s/step | page faults/step | peak RSS (MiB) |",
+                  "|---|--:|--:|--:|--:|"]
+        for k, v in hp.items():
+            lines.append(f"| {k} | {v['s_per_step']:.3f} | {v['system_s_per_step']:.3f} | "
+                         f"{v['page_faults_per_step']:.0f} | {v['peak_rss_mib']:.0f} |")
         lines.append("")
     write_json(args.out / "perf.json", report)
     write_atomic(args.out / "perf.md", "\n".join(lines) + "\n")

@@ -248,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default models/...)")
     p.add_argument("--ckpt-every", type=_int_at_least(1), default=None,
-                   help="checkpoint every this many steps (default 100); also on the last "
+                   help="checkpoint every this many steps (default 250); also on the last "
                         "step and on Ctrl-C / SIGTERM")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
