@@ -31,12 +31,12 @@
 # protocol: a fresh random instance per Adam step) with a progress bar, and stores it
 # under `$NLSS_FENICSX_CACHE` (default `~/.cache/nlss_fenicsx/models/`), named after
 # its settings. At the default size, $N = 32$ ($n = 1089$), $K = r_\max = 48$, the
-# paper's widths 128-256-256-128 (13.6M parameters) and 1000 steps, that took 23 s
-# of training (30 s for the whole first run) on the quiet 2-core development machine, and
+# paper's widths 128-256-256-128 (13.6M parameters) and 1000 steps, that took 21 s
+# of training (27 s for the whole first run) on the quiet 2-core development machine, and
 # up to about a minute when other work shares the cores; every later run loads the file
 # and takes seconds. `--retrain` trains again; a corrupt or stale cache file is reported and
 # retrained. (The paper's $N = 64$, $K = r_\max = 72$ model has 78M parameters and
-# trains in 2.5-4.5 minutes here: use `nlss-fenicsx train` for it and pass your own
+# trains in about 2 minutes here: use `nlss-fenicsx train` for it and pass your own
 # checkpoint to the PC.)
 #
 # **Plugging it into dolfinx** takes PETSc options only, plus one call that tells the
@@ -107,20 +107,19 @@ def main(argv=None) -> dict:
 # ## What to expect
 #
 # On the development machine (2-core AMD EPYC, default sizes, rank 32, the model trained
-# for 1000 steps) the learned basis needs 17 CG iterations where the exact SVD basis of
-# the same rank needs 30: the network does not reproduce the SVD of this particular $S$
+# for 1000 steps) the learned basis needs 16 CG iterations where the exact SVD basis of
+# the same rank needs 29: the network does not reproduce the SVD of this particular $S$
 # (its captured energy is lower) but predicts, from what it saw over 1000 instances, a
 # subspace that is a better coarse space for the family. SA-AMG's two-grid uses a
 # prolongator almost four times larger (121 columns) and needs 14; GAMG-CG 18, ICC(0)-CG
 # 33, Jacobi-CG 153.
 #
-# The clock tells a different story at this size, and the table shows why: the forward
-# pass reads all 13.6M weights (about 4.5 ms on this CPU) where the SVD of the
-# $1089 \times 48$ matrix $S$ takes 1 ms, so NLSS's set-up costs more than the CG
-# iterations it saves (about 9 ms against 6 ms per solve), and GAMG (2.3 ms) and a
-# sparse Cholesky (1.5 ms) beat every two-grid variant on a single system of 1,089
-# unknowns. The paper's inference times are on a GPU. The two-grid methods are aimed
-# at families of larger related systems solved many times (`demos/your_model.py
+# The clock tells a different story at this size, and the table shows why: the int8
+# forward pass at rank 32 reads about 11 MB of weights (1.1 ms on this CPU) where the SVD of the $1089 \times 48$ matrix $S$ takes 0.6 ms, so NLSS's set-up costs
+# about as much as the CG iterations it saves (3.4 ms in all against 3.3 ms for SVD), and
+# ICC(0)-CG (0.4 ms), Jacobi-CG (0.7 ms), a sparse Cholesky (1.3 ms) and GAMG (1.9 ms)
+# beat every two-grid variant on a single system of 1,089 unknowns. The two-grid methods
+# are aimed at families of larger related systems solved many times (`demos/your_model.py
 # --learned` shows that workflow on your own mesh).
 
 # +
