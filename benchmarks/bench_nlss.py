@@ -119,6 +119,17 @@ def _int8_v1(model, S, r, go):
     return P
 
 
+def _int8_basis_with(q, S, r, go):
+    """NLSSModel.basis(precision='int8') with a given Int8MLP copy."""
+    from nlss_fenicsx.nn.model import features_numpy, orthonormal_rows
+
+    n = q.config.n
+    Pt = orthonormal_rows(q.raw(torch.from_numpy(features_numpy(S, n, go)), r).reshape(r, n))
+    inverse = np.empty_like(go)
+    inverse[go] = np.arange(n)
+    return Pt[:, inverse].T.astype(np.float64)
+
+
 def levers(system, model, K: int, r: int) -> dict:
     """Each lever alone, before vs after, on one instance (median ms)."""
     from nlss_fenicsx.coarse import svd_basis, svd_basis_from_gram
@@ -153,10 +164,16 @@ def levers(system, model, K: int, r: int) -> dict:
            "float32, only r columns": _median_ms(lambda: model.basis(S, r, grid_order=go)),
            "v1: int8, torch scaling, Householder QR": _median_ms(
                lambda: _int8_v1(model, S, r, go))}
+    from nlss_fenicsx.nn.model import Int8MLP
+
+    full = Int8MLP(model.net, lean_energy=None)
+    inf["int8, NumPy scaling, Cholesky QR, full first layer"] = _median_ms(
+        lambda: _int8_basis_with(full, S, r, go))
+    lean_rank = model.int8().first_layer_rank
     threads = torch.get_num_threads()
     for t in sorted({1, 2, threads}):
         torch.set_num_threads(t)
-        inf[f"now: int8, NumPy scaling, Cholesky QR, {t} torch thread(s)"] = _median_ms(
+        inf[f"now: same, first layer at rank {lean_rank}, {t} torch thread(s)"] = _median_ms(
             lambda: model.basis(S, r, grid_order=go, precision="int8"))
     torch.set_num_threads(threads)
     S64 = S.astype(np.float64)
