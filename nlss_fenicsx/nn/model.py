@@ -670,8 +670,9 @@ class NLSSModel:
                 chosen = lean
                 break
         else:
-            full.calibration = {"lean": False, "why": f"no candidate within {LEAN_MAX_ANGLE} "
-                                "degrees", "tried": tried}
+            why = (f"no candidate within {LEAN_MAX_ANGLE} degrees" if tried else
+                   "the truncated rank would exceed half the layer's width: nothing to gain")
+            full.calibration = {"lean": False, "why": why, "tried": tried}
         full._heads.clear()  # the calibration's heads (shared); the solver's rank is built on use
         return chosen
 
