@@ -232,6 +232,7 @@ def test_lean_first_layer_calibration_accepts_harmless_and_rejects_harmful(model
     from nlss_fenicsx.nn.model import NLSSModel
 
     monkeypatch.setattr(model_module, "LEAN_MAX_ANGLE", 3.0)
+    monkeypatch.setattr(model_module, "LEAN_HEAD_DIRECTIONS", ())  # first layer only here
     LEAN_MAX_ANGLE = 3.0
 
     # The briefly trained small model: truncating its first layer turns the basis by tens
@@ -257,7 +258,7 @@ def test_lean_first_layer_calibration_accepts_harmless_and_rejects_harmful(model
         lin.weight.copy_(low.float())
     q = model.int8()
     assert q.calibration["lean"] is True and q.first_layer_rank == 6
-    assert q.calibration["tried"]["0.8"]["max_angle_deg"] > LEAN_MAX_ANGLE
+    assert q.calibration["tried"]["first layer at 0.8 energy"]["max_angle_deg"] > LEAN_MAX_ANGLE
     assert q.calibration["max_angle_deg"] <= LEAN_MAX_ANGLE
     with torch.no_grad():
         P32 = model.net(x, r=8).double().numpy()
@@ -267,3 +268,35 @@ def test_lean_first_layer_calibration_accepts_harmless_and_rejects_harmful(model
     its = [pcg(gp.A, gp.b, TwoGrid(gp.A, Q))[1] for Q in (P32, P)]
     assert all(info.converged for info in its)
     assert abs(its[0].iterations - its[1].iterations) <= 1
+
+
+def test_affine_head_is_exact_on_its_subspace(model_path):
+    """with_affine_head(mean, Q): the head applied to mean + Q Q^T (y - mean), as base + D c.
+    With Q spanning all of R^h it is the head itself (float32) on the int8 body's output;
+    with Q = [] it is the constant basis of the mean input."""
+    from nlss_fenicsx.nn.model import Int8MLP, NLSSModel
+
+    model = NLSSModel.load(model_path)
+    q = Int8MLP(model.net)
+    n, r = model.config.n, 8
+    gp, S = instance(DataConfig(N=12, K=16), instance_seed(79, 0))
+    St = torch.from_numpy(S)
+    y = q.head_input(St)
+    h = y.shape[1]
+    mean = torch.randn(h, generator=torch.Generator().manual_seed(0))
+    Q = torch.linalg.qr(torch.randn(h, h, generator=torch.Generator().manual_seed(1)))[0]
+    W, b = model.net.head.weight.detach()[: r * n], model.net.head.bias.detach()[: r * n]
+    from nlss_fenicsx.nn.model import _features
+
+    x = _features(St, q.config, torch.float32)
+    full_affine = q.with_affine_head(mean, Q)
+    assert full_affine.head_directions == h
+    np.testing.assert_allclose(full_affine.raw(x, r), (y @ W.T + b).numpy(), rtol=1e-4,
+                               atol=1e-4 * float((y @ W.T).abs().max()))
+    const = q.with_affine_head(y[0], Q[:, :0])  # mean = this y: exact for this input
+    np.testing.assert_allclose(const.raw(x, r), (y @ W.T + b).numpy(), rtol=1e-4,
+                               atol=1e-4 * float((y @ W.T).abs().max()))
+    gp2, S2 = instance(DataConfig(N=12, K=16), instance_seed(79, 1))
+    x2 = _features(torch.from_numpy(S2), q.config, torch.float32)
+    np.testing.assert_array_equal(const.raw(x2, r), const.raw(x, r))  # ignores its input
+    assert q.head_directions is None and q._affine is None  # the original is unchanged

@@ -301,8 +301,10 @@ def _quiet_quantization():
 # int8 basis allowed on the calibration instances; how many instances, and their stream.
 LEAN_ENERGY = 0.9
 LEAN_CANDIDATES = (0.8, 0.9)
-LEAN_MAX_ANGLE = 1.0
-LEAN_CALIBRATION = 2
+LEAN_HEAD_DIRECTIONS = (8, 16)
+LEAN_MAX_ANGLE = 1.5
+LEAN_CALIBRATION_FIT = 16
+LEAN_CALIBRATION = 4
 LEAN_CALIBRATION_SEED = 424242
 
 
@@ -385,7 +387,9 @@ class Int8MLP:
         self._first = src.body[0] if len(src.body) and isinstance(src.body[0], nn.Linear) \
             else None
         self._first_eig = None
+        self._affine = None
         self.first_layer_rank = None
+        self.head_directions = None
         self.calibration = None
         with _quiet_quantization():
             self.body = quantize_dynamic(src.body, {nn.Linear}, dtype=torch.qint8)
@@ -450,8 +454,42 @@ class Int8MLP:
     def raw(self, x: torch.Tensor, r: int) -> np.ndarray:
         """The head's output before orthonormalisation, ``(1, r*n)`` float32 (NumPy), from
         network input features ``x`` of shape ``(1, n*K)`` (:func:`_features`)."""
+        r = self._check_r(r)
         with torch.no_grad(), _quiet_quantization():
-            return self._head(self._check_r(r))(self.body(x)).numpy()
+            y = self.body(x)
+            if self._affine is None:
+                return self._head(r)(y).numpy()
+            mean, Q, base, D = self._affine
+            rows = r * self.config.n
+            return torch.addmm(base[:rows], (y - mean) @ Q, D[:rows].T).numpy()
+
+    def head_input(self, S: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer ``y`` (the head's input) for one ``S`` (grid order), ``(1, h)``."""
+        with torch.no_grad(), _quiet_quantization():
+            return self.body(_features(S.detach().cpu(), self.config, torch.float32))
+
+    def with_affine_head(self, mean: torch.Tensor, directions: torch.Tensor) -> Int8MLP:
+        """A copy whose head sees its input projected on ``mean + span(directions)``.
+
+        With ``Q = directions`` (``h x q``, orthonormal columns) the head becomes
+        ``W (mean + Q Q^T (y - mean)) + b = base + D c`` with ``base = W mean + b``,
+        ``D = W Q`` (float32, ``r_max*n x q``) and ``c = Q^T (y - mean)``: ``q + 1`` numbers
+        per output instead of ``h``. Exact when ``y`` lies in that affine subspace; the
+        calibration in :meth:`NLSSModel.int8` measures how far the basis moves when it
+        does not.
+        """
+        import copy
+
+        with torch.no_grad():
+            W, b = self._head_w.float(), self._head_b.float()
+            mean = mean.detach().float().reshape(-1)
+            Q = directions.detach().float()
+            base = W @ mean + b
+            D = (W @ Q).contiguous()
+        out = copy.copy(self)
+        out._affine = (mean, Q, base, D)
+        out.head_directions = int(Q.shape[1])
+        return out
 
 
 def _plain(obj: Any, where: str) -> Any:
@@ -623,8 +661,9 @@ class NLSSModel:
         return self._int8 or None
 
     def _calibration_inputs(self) -> list[np.ndarray]:
-        """``S`` (grid order) of a few instances of the training distribution stored in the
-        checkpoint, or ``[]`` when it records none (or one that does not fit)."""
+        """``S`` (grid order) of fresh instances of the training distribution stored in the
+        checkpoint (``LEAN_CALIBRATION_FIT`` to fit, then ``LEAN_CALIBRATION`` held out),
+        or ``[]`` when it records none (or one that does not fit)."""
         tc = (self.metadata.get("extra") or {}).get("train_config")
         if not isinstance(tc, dict):
             return []
@@ -639,39 +678,65 @@ class NLSSModel:
         if cfg.n != self.config.n or cfg.K != self.config.K:
             return []
         return [instance(cfg, instance_seed(LEAN_CALIBRATION_SEED, i))[1]
-                for i in range(LEAN_CALIBRATION)]
+                for i in range(LEAN_CALIBRATION_FIT + LEAN_CALIBRATION)]
 
     def _lean_if_harmless(self, full: Int8MLP) -> Int8MLP:
+        """The leanest copy whose basis stays within ``LEAN_MAX_ANGLE`` of the float32
+        network's on the held-out calibration instances (see :meth:`int8`), else ``full``."""
         import scipy.linalg as sla
 
         inputs = self._calibration_inputs()
         if not inputs:
             full.calibration = {"lean": False, "why": "no training distribution recorded"}
             return full
+        fit = [torch.as_tensor(S) for S in inputs[:LEAN_CALIBRATION_FIT]]
+        held = [torch.as_tensor(S) for S in inputs[LEAN_CALIBRATION_FIT:]]
         r_max = self.config.r_max
         ranks = sorted({max(1, r_max // 4), max(1, r_max // 2), r_max})
-        xs = [torch.as_tensor(S) for S in inputs]
-        ref = [[full(x, r=r).double().numpy() for r in ranks] for x in xs]
+        net = self.net
+        if any(p.is_cuda or p.dtype != torch.float32 for p in net.parameters()):
+            import copy
+
+            net = copy.deepcopy(net).float().cpu()
+        with torch.no_grad():  # the reference: the trained float32 network itself
+            ref = [[net(x.float(), r=r).double().numpy() for r in ranks] for x in held]
+
+        def worst_angle(cand: Int8MLP) -> float:
+            return max(float(np.degrees(sla.subspace_angles(P, cand(x, r=r).double().numpy())
+                                        .max()))
+                       for x, Ps in zip(held, ref, strict=True)
+                       for r, P in zip(ranks, Ps, strict=True))
+
+        firsts = [(f"first layer at {e:g} energy", full.with_lean_first_layer(e))
+                  for e in LEAN_CANDIDATES]
+        firsts = [(k, m) for k, m in firsts if m is not None] + [("full first layer", full)]
+        candidates = []  # fewest bytes first: affine heads, then the int8 head
+        for key, first in firsts:
+            if LEAN_HEAD_DIRECTIONS:
+                Y = torch.cat([first.head_input(x) for x in fit]).double()
+                mean = Y.mean(0)
+                Vt = torch.linalg.svd(Y - mean, full_matrices=False)[2]
+                candidates += [(f"{key}, head on {q} directions", first, mean, Vt[:q].T)
+                               for q in LEAN_HEAD_DIRECTIONS if q <= Vt.shape[0]]
+        candidates += [(key, first, None, None) for key, first in firsts if first is not full]
         tried = {}
         chosen = full
-        for energy in LEAN_CANDIDATES:
-            lean = full.with_lean_first_layer(energy)
-            if lean is None:
-                continue
-            worst = max(float(np.degrees(sla.subspace_angles(P, lean(x, r=r).double().numpy())
-                                         .max()))
-                        for x, Ps in zip(xs, ref, strict=True)
-                        for r, P in zip(ranks, Ps, strict=True))
-            tried[f"{energy:g}"] = {"rank": lean.first_layer_rank, "max_angle_deg": worst}
+        for key, first, mean, Q in candidates:
+            cand = first if Q is None else first.with_affine_head(mean, Q)
+            worst = worst_angle(cand)
+            tried[key] = {"first_layer_rank": cand.first_layer_rank,
+                          "head_directions": cand.head_directions, "max_angle_deg": worst}
             if worst <= LEAN_MAX_ANGLE:
-                lean.calibration = {"lean": True, "energy": energy,
-                                    "rank": lean.first_layer_rank, "max_angle_deg": worst,
-                                    "instances": len(inputs), "ranks": ranks, "tried": tried}
-                chosen = lean
+                cand.calibration = {"lean": True, "choice": key,
+                                    "first_layer_rank": cand.first_layer_rank,
+                                    "head_directions": cand.head_directions,
+                                    "max_angle_deg": worst, "fit": len(fit),
+                                    "held_out": len(held), "ranks": ranks, "tried": tried}
+                chosen = cand
                 break
         else:
             why = (f"no candidate within {LEAN_MAX_ANGLE} degrees" if tried else
-                   "the truncated rank would exceed half the layer's width: nothing to gain")
+                   "nothing to gain")
             full.calibration = {"lean": False, "why": why, "tried": tried}
         full._heads.clear()  # the calibration's heads (shared); the solver's rank is built on use
         return chosen
