@@ -639,15 +639,20 @@ class NLSSModel:
         (with one warning) where this PyTorch build has no dynamic quantisation.
 
         When the checkpoint records its training distribution (``train_config``), the
-        copy is calibrated on ``LEAN_CALIBRATION`` fresh instances of it: the first layer
-        is replaced by its truncated SVD (:meth:`Int8MLP.with_lean_first_layer`, trying
-        ``LEAN_CANDIDATES`` energies, smallest rank first) only if the basis then stays
-        within ``LEAN_MAX_ANGLE`` degrees of the full int8 basis at ranks ``r_max/4``,
-        ``r_max/2`` and ``r_max``. The N=64 models accept rank 33, 32 and 56 of 128
-        (diffusion, anisotropic, screened Poisson; 0.80-0.81 degrees, identical PCG
-        iterations); a small model trained briefly does not (its basis turns by tens of
-        degrees at half the energy), and keeps the full layer. The calibration runs once
-        per loaded model (about 2 s at N=64). ``int8().calibration`` says what was decided.
+        copy is made leaner where that provably does not matter: ``LEAN_CALIBRATION_FIT``
+        fresh instances of the distribution fit the mean and principal directions of the
+        head's input, ``LEAN_CALIBRATION`` more are held out, and the candidates, fewest
+        weight bytes first, are a truncated first layer (:meth:`Int8MLP.with_lean_first_layer`,
+        ``LEAN_CANDIDATES`` energies) with an affine head on ``LEAN_HEAD_DIRECTIONS``
+        directions (:meth:`Int8MLP.with_affine_head`), or either alone; the first whose
+        basis stays within ``LEAN_MAX_ANGLE`` degrees of the float32 network's at ranks
+        ``r_max/4``, ``r_max/2`` and ``r_max`` on every held-out instance is kept. The
+        N=64 models keep a first layer of rank 33 / 32 / 31 of 128 with an 8-direction head
+        (diffusion / anisotropic / screened Poisson: 1.08 / 1.38 / 1.29 degrees, identical
+        PCG iterations; `benchmarks/bench_nlss.py` reports them). A small model trained
+        briefly keeps its full int8 network (its int8 rounding alone turns the basis by
+        about 2 degrees, and a truncated first layer by tens). The calibration runs once per
+        loaded model (about 2 s at N=64); ``int8().calibration`` says what was decided.
         """
         if self._int8 is None:
             try:
@@ -756,12 +761,13 @@ class NLSSModel:
             The network sees ``S[grid_order]``; the result is mapped back to dof order.
             ``None`` means dof order is grid order.
         precision : {'float32', 'int8'}
-            ``'int8'`` runs the lean, dynamically quantised copy (:meth:`int8`, CPU; first
-            layer truncated to 90 % of its energy): about six times fewer weight bytes to
-            read, four to five times faster at batch 1; its input
-            scaling and permutation run in NumPy and its output is orthonormalised by
-            Cholesky QR (:func:`orthonormal_rows`). ``'float32'`` is the reference path
-            (the torch module as trained, Householder QR).
+            ``'int8'`` runs the dynamically quantised copy (:meth:`int8`, CPU; made leaner
+            per model when a calibration shows the basis does not move): at N=64 about
+            four times fewer weight bytes with the full network, ten times fewer lean, and
+            5-9x faster at batch 1; its input scaling and permutation run in NumPy and its
+            output is orthonormalised by Cholesky QR (:func:`orthonormal_rows`).
+            ``'float32'`` is the reference path (the torch module as trained, Householder
+            QR).
 
         Returns
         -------
