@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
 # The clock tells a different story at this size, and the table shows why: the int8
 # forward pass at rank 32 reads about 11 MB of weights (1.1-1.4 ms on this CPU) where
 # the SVD of the $1089 \times 48$ matrix $S$ takes 0.6 ms, so NLSS's set-up costs about
-# as much as the CG iterations it saves (3.4-3.6 ms in all against 3.2-3.3 ms for SVD),
+# as much as the CG iterations it saves (3.4-3.7 ms in all against 3.2-3.4 ms for SVD),
 # and ICC(0)-CG (0.3-0.4 ms), Jacobi-CG (0.6-0.7 ms), a sparse Cholesky (1.3 ms) and GAMG
 # (1.9 ms) beat every two-grid variant on a single system of 1,089 unknowns. The two-grid methods
 # are aimed at families of larger related systems solved many times (`demos/your_model.py
