@@ -27,11 +27,11 @@ its P1 dof (a global index, identical on every rank).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from nlss_fenicsx._atomic import atomic_path
 from nlss_fenicsx._fenicsx import MPI, dolfinx
 from nlss_fenicsx.grid import _check_N, delaunay_triangles, jittered_points
 
@@ -190,20 +190,11 @@ def write_msh(path: str | os.PathLike, N: int, *, jitter: float = 0.35,
               seed: int | None = 0) -> Path:
     """Write the jittered mesh to a Gmsh ``.msh`` file (format 4.1), atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     pts = jittered_points(N, jitter=jitter, seed=seed)
-    fd, tmp = tempfile.mkstemp(suffix=".msh", dir=path.parent, prefix=f".{path.stem}.")
-    os.close(fd)
-    try:
-        with _GmshSession() as gmsh:
-            gmsh_model(pts, delaunay_triangles(pts), name=path.stem)
-            gmsh.option.setNumber("Mesh.MshFileVersion", 4.1)
-            gmsh.write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".msh") as tmp, _GmshSession() as gmsh:
+        gmsh_model(pts, delaunay_triangles(pts), name=path.stem)
+        gmsh.option.setNumber("Mesh.MshFileVersion", 4.1)
+        gmsh.write(str(tmp))
     return path
 
 

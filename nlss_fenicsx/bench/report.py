@@ -5,10 +5,11 @@ from __future__ import annotations
 import gc
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from nlss_fenicsx._atomic import atomic_path
 
 __all__ = ["PHASES", "error_line", "json_default", "run_one", "summarize", "write_atomic",
            "write_json"]
@@ -83,20 +84,8 @@ def json_default(obj):
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> Path:
     """Write to a temporary file next to ``path``, fsync, then ``os.replace`` it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file normal permissions
-        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb" if isinstance(data, bytes) else "w") as fh:
+        fh.write(data)
     return path
 
 

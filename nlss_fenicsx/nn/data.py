@@ -21,11 +21,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from nlss_fenicsx._atomic import atomic_path
 
 __all__ = [
     "DataConfig",
@@ -194,13 +195,6 @@ def load_dataset(cfg: DataConfig, *, n_train: int = 1000, n_test: int = 100, see
                   disable=None if progress else True)
         arrays.append(np.stack([instance(cfg, s)[1] for s in it]) if seeds else
                       np.zeros((0, cfg.n, cfg.K), np.float32))
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, train=arrays[0], test=arrays[1], meta=json.dumps(meta))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path, suffix=".npz") as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, train=arrays[0], test=arrays[1], meta=json.dumps(meta))
     return arrays[0], arrays[1]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from nlss_fenicsx._atomic import atomic_path
 
 __all__ = ["LEAN_ENERGY", "CheckpointError", "Int8MLP", "MLPConfig", "NLSSMLP", "NLSSModel",
            "features_numpy", "low_rank_first_layer", "orthonormal_rows"]
@@ -941,16 +942,8 @@ def write_checkpoint(path: str | os.PathLike, fmt: str, model, *, optimizer=None
         "optimizer": None if optimizer is None else optimizer.state_dict(),
         "step": None if step is None else int(step),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
     return path
 
 
