@@ -119,17 +119,6 @@ def _int8_v1(q, S, r, go):
     return P
 
 
-def _int8_basis_with(q, S, r, go):
-    """NLSSModel.basis(precision='int8') with a given Int8MLP copy."""
-    from nlss_fenicsx.nn.model import features_numpy, orthonormal_rows
-
-    n = q.config.n
-    Pt = orthonormal_rows(q.raw(torch.from_numpy(features_numpy(S, n, go)), r).reshape(r, n))
-    inverse = np.empty_like(go)
-    inverse[go] = np.arange(n)
-    return Pt[:, inverse].T.astype(np.float64)
-
-
 def levers(system, model, K: int, r: int) -> dict:
     """Each lever alone, before vs after, on one instance (median ms)."""
     from nlss_fenicsx.coarse import svd_basis, svd_basis_from_gram
@@ -168,7 +157,7 @@ def levers(system, model, K: int, r: int) -> dict:
            "v1: int8, torch scaling, Householder QR": _median_ms(
                lambda: _int8_v1(full, S, r, go))}
     inf["int8, NumPy scaling, Cholesky QR, full first layer"] = _median_ms(
-        lambda: _int8_basis_with(full, S, r, go))
+        lambda: full.basis(S, r, go))
     lean_rank = model.int8().first_layer_rank
     threads = torch.get_num_threads()
     for t in sorted({1, 2, threads}):

@@ -464,6 +464,20 @@ class Int8MLP:
             rows = r * self.config.n
             return torch.addmm(base[:rows], (y - mean) @ Q, D[:rows].T).numpy()
 
+    def basis(self, S: np.ndarray, r: int, grid_order: np.ndarray | None = None) -> np.ndarray:
+        """``P`` (``n x r``, float64, dof order, Fortran layout as PETSc's dense storage)
+        from ``S`` in dof order: input scaling in NumPy with the permutation to grid order
+        fused in, the int8 products, Cholesky QR on the ``r x n`` output, and the
+        permutation back. Arguments are as in :meth:`NLSSModel.basis` (checked there)."""
+        n = self.config.n
+        x = torch.from_numpy(features_numpy(S, n, grid_order))
+        Pt = orthonormal_rows(self.raw(x, r).reshape(r, n))
+        if grid_order is not None:  # P[grid_order] = Pt.T, as a gather of columns
+            inverse = np.empty_like(grid_order)
+            inverse[grid_order] = np.arange(n)
+            Pt = Pt[:, inverse]
+        return Pt.T.astype(np.float64)
+
     def head_input(self, S: torch.Tensor) -> torch.Tensor:
         """The last hidden layer ``y`` (the head's input) for one ``S`` (grid order), ``(1, h)``."""
         with torch.no_grad(), _quiet_quantization():
@@ -806,15 +820,7 @@ class NLSSModel:
                              "'int8'")
         int8 = self.int8() if precision == "int8" else None
         if int8 is not None:
-            # The fast path: features in NumPy (permutation fused in), int8 products,
-            # Cholesky QR on the r x n output, and the permutation back to dof order.
-            x = torch.from_numpy(features_numpy(S, cfg.n, grid_order))
-            Pt = orthonormal_rows(int8.raw(x, int(r)).reshape(int(r), cfg.n))
-            if grid_order is not None:  # P[grid_order] = Pt.T, as a gather of columns
-                inverse = np.empty_like(grid_order)
-                inverse[grid_order] = np.arange(cfg.n)
-                Pt = Pt[:, inverse]
-            return Pt.T.astype(np.float64)  # Fortran order, as PETSc's dense storage
+            return int8.basis(S, int(r), grid_order)
         if grid_order is not None:
             S = S[grid_order]
         param = next(self.net.parameters())
