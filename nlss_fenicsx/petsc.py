@@ -185,7 +185,11 @@ def _rows(A) -> tuple[int, int]:
 
 def dense_from_rows(comm, rows: np.ndarray, n_global: int) -> PETSc.Mat:
     """A (MPI) dense PETSc matrix whose owned rows are ``rows`` (local block, n_local x k)."""
-    rows = np.asarray(rows, dtype=PETSc.ScalarType)  # any layout: PETSc's is column-major
+    rows = np.asarray(rows)  # any layout (PETSc's is column-major) and any real dtype:
+    if not np.issubdtype(rows.dtype, np.floating):  # float32 converts during the copy
+        rows = np.asarray(rows, dtype=PETSc.ScalarType)
+    if rows.ndim != 2:
+        raise ValueError(f"expected a 2-D block of rows, got shape {rows.shape}")
     n_local, k = rows.shape
     M = PETSc.Mat().createDense(((n_local, n_global), (PETSc.DECIDE, k)), comm=comm)
     M.setUp()

@@ -300,3 +300,116 @@ def test_affine_head_is_exact_on_its_subspace(model_path):
     x2 = _features(torch.from_numpy(S2), q.config, torch.float32)
     np.testing.assert_array_equal(const.raw(x2, r), const.raw(x, r))  # ignores its input
     assert q.head_directions is None and q._affine is None  # the original is unchanged
+
+
+def test_numpy_tail_equals_the_torch_layers():
+    """The small layers after the int8 ones run in NumPy (_NumpyTail): same outputs as the
+    torch modules to float32 rounding, after a quantised prefix as well; a module it does
+    not know leaves everything to torch."""
+    from torch.ao.quantization import quantize_dynamic
+
+    from nlss_fenicsx.nn.model import _NumpyTail, _quiet_quantization
+
+    torch.manual_seed(3)
+    body = torch.nn.Sequential(
+        torch.nn.Linear(40, 24), torch.nn.LayerNorm(24), torch.nn.GELU(),
+        torch.nn.Sequential(torch.nn.Linear(24, 16), torch.nn.ReLU()),
+        torch.nn.Linear(16, 12, bias=False), torch.nn.LayerNorm(12, elementwise_affine=False),
+        torch.nn.Tanh()).eval()
+    with torch.no_grad():
+        body[1].weight.uniform_(0.5, 2.0)
+        body[1].bias.uniform_(-1.0, 1.0)
+    x = torch.randn(3, 40)
+    prefix, tail = _NumpyTail.split(body)
+    assert len(prefix) == 0 and len(tail.steps) == 8
+    with torch.no_grad():
+        ref = body(x).numpy()
+    got = tail(x.numpy())
+    assert got.dtype == np.float32 and got.shape == (3, 12)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6)
+    with _quiet_quantization():  # the first layer int8, as in Int8MLP
+        q = quantize_dynamic(body, {"0"}, dtype=torch.qint8)
+    prefix, tail = _NumpyTail.split(q)
+    assert len(prefix) == 1 and len(tail.steps) == 7
+    with torch.no_grad():
+        ref_q = q(x).numpy()
+        got_q = tail(prefix(x).numpy())
+    np.testing.assert_allclose(got_q, ref_q, rtol=0, atol=2e-6)
+    odd = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.GELU(approximate="tanh"))
+    assert _NumpyTail.split(odd) == (odd, None)
+
+
+def test_only_large_linears_are_quantised():
+    from nlss_fenicsx.nn.model import INT8_MIN_WEIGHTS, _large_linears
+
+    side = int(np.sqrt(INT8_MIN_WEIGHTS))
+    body = torch.nn.Sequential(torch.nn.Linear(side, side), torch.nn.GELU(),
+                               torch.nn.Sequential(torch.nn.Linear(side, 8)),
+                               torch.nn.Linear(8, 8))
+    assert _large_linears(body) == {"0"}
+
+
+def test_float32_basis_and_its_copy_into_petsc(model_path):
+    """basis(dtype=float32) is the float64 result before its conversion; dense_from_rows
+    converts it while copying, to the same float64 matrix."""
+    from nlss_fenicsx._fenicsx import MPI
+    from nlss_fenicsx.nn.inference import load_model
+    from nlss_fenicsx.petsc import dense_from_rows
+
+    model = load_model(model_path)
+    gp, S = instance(DataConfig(N=12, K=16), instance_seed(5, 3))
+    order = np.random.default_rng(2).permutation(S.shape[0])
+    S_dof = np.empty_like(S)
+    S_dof[order] = S
+    P64 = model.basis(S_dof, 8, grid_order=order, precision="int8")
+    P32 = model.basis(S_dof, 8, grid_order=order, precision="int8", dtype=np.float32)
+    assert P32.dtype == np.float32 and P64.dtype == np.float64
+    np.testing.assert_array_equal(P32.astype(np.float64), P64)
+    np.testing.assert_allclose(P32.T.astype(np.float64) @ P32, np.eye(8), atol=2e-6)
+    M = dense_from_rows(MPI.COMM_SELF, P32, P32.shape[0])
+    np.testing.assert_array_equal(M.getDenseArray(), P64)
+    M.destroy()
+    with pytest.raises(ValueError, match="2-D block of rows"):
+        dense_from_rows(MPI.COMM_SELF, P32[:, 0], P32.shape[0])
+
+
+@pytest.mark.parametrize("bad", ["duplicate", "range", "float", "short"])
+def test_grid_order_must_be_a_permutation(model_path, bad):
+    from nlss_fenicsx.nn.inference import load_model
+
+    model = load_model(model_path)
+    gp, S = instance(DataConfig(N=12, K=16), instance_seed(5, 4))
+    n = S.shape[0]
+    order = np.random.default_rng(4).permutation(n)
+    if bad == "duplicate":
+        order[0] = order[1]
+    elif bad == "range":
+        order[0] = n
+    elif bad == "float":
+        order = order.astype(np.float64)
+    else:
+        order = order[:-1]
+    with pytest.raises(ValueError, match=f"grid_order must be a permutation of range\\({n}\\)"):
+        model.basis(S, 4, grid_order=order, precision="int8")
+
+
+def test_load_model_cache_by_absolute_path_and_file_identity(model_path, tmp_path,
+                                                            monkeypatch):
+    """One load per file: relative and absolute spellings share it; a rewritten file is
+    read again."""
+    import shutil
+
+    from nlss_fenicsx.nn.inference import clear_model_cache, load_model
+
+    clear_model_cache()
+    copy = tmp_path / "m.pt"
+    shutil.copy(model_path, copy)
+    monkeypatch.chdir(tmp_path)
+    first = load_model("m.pt")
+    assert load_model(copy) is first
+    assert load_model(str(tmp_path / "." / "m.pt")) is first
+    tmp = tmp_path / "new.pt"
+    shutil.copy(model_path, tmp)
+    tmp.replace(copy)  # a new file (new inode) under the same name
+    assert load_model(copy) is not first
+    clear_model_cache()

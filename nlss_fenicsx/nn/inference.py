@@ -20,7 +20,7 @@ from nlss_fenicsx.nn.model import CheckpointError, NLSSModel
 
 __all__ = ["clear_model_cache", "learned_basis", "load_model"]
 
-_CACHE: dict[str, tuple[tuple[int, int], NLSSModel | GNNModel]] = {}
+_CACHE: dict[str, tuple[tuple[int, int, int], NLSSModel | GNNModel]] = {}
 
 
 def load_model(path: str | os.PathLike) -> NLSSModel | GNNModel:
@@ -29,18 +29,21 @@ def load_model(path: str | os.PathLike) -> NLSSModel | GNNModel:
     Dispatches on the checkpoint's format tag: a GNN checkpoint gives a
     :class:`nlss_fenicsx.nn.gnn.GNNModel`, anything else an :class:`NLSSModel`.
     """
-    p = Path(path).expanduser().resolve()
+    # Keyed by the absolute path as given (string operations and one stat: this runs in
+    # every solve's set-up); symlinks are resolved only to load.
+    where = os.path.abspath(os.path.expanduser(os.fspath(path)))
     try:
-        st = p.stat()
+        st = os.stat(where)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {p}") from None
-    key = (st.st_size, st.st_mtime_ns)
-    hit = _CACHE.get(str(p))
+        raise CheckpointError(f"checkpoint not found: {Path(where).resolve()}") from None
+    key = (st.st_size, st.st_mtime_ns, st.st_ino)
+    hit = _CACHE.get(where)
     if hit is not None and hit[0] == key:
         return hit[1]
+    p = Path(where).resolve()
     model = _model_class(p).load(p)
     model.net.eval()
-    _CACHE[str(p)] = (key, model)
+    _CACHE[where] = (key, model)
     return model
 
 
@@ -95,7 +98,8 @@ def learned_basis(A, comm, S_local: np.ndarray, opts, grid_order: np.ndarray,
                                  "the whole matrix on one rank); run it without mpiexec")
         except (CheckpointError, ValueError) as err:
             error = err
-    error = comm.bcast(error, root=0)
+    if comm.size > 1:
+        error = comm.bcast(error, root=0)
     if error is not None:
         raise error
     if comm.size == 1:  # serial: no gather or scatter (and no pickled copies of S and P)
@@ -129,5 +133,6 @@ def _model_basis(model, A, S, opts, grid_order):
         from nlss_fenicsx.petsc import petsc_to_csr
 
         return model.basis(S, opts.rank, grid_order=grid_order, A=petsc_to_csr(A))
+    # float32: P is copied into PETSc's float64 dense matrix anyway, which converts it.
     return model.basis(S, opts.rank, grid_order=grid_order,
-                       precision=getattr(opts, "precision", "float32"))
+                       precision=getattr(opts, "precision", "float32"), dtype=np.float32)

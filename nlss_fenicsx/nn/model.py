@@ -280,13 +280,28 @@ def features_numpy(S: np.ndarray, n: int, grid_order: np.ndarray | None = None,
                    dtype=np.float32) -> np.ndarray:
     """:func:`_features` for one ``S`` in NumPy, with the permutation to grid order fused
     in: ``S[grid_order]`` with columns scaled to norm ``sqrt(n)``, flattened node-major,
-    shape ``(1, n*K)``."""
+    shape ``(1, n*K)``. The norms are taken on ``S`` as given (a permutation does not
+    change them), so the gather is the only copy."""
     S = np.asarray(S)
-    S = (S.copy() if grid_order is None else S[grid_order]).astype(dtype, copy=False)
     norms = np.sqrt(np.einsum("ij,ij->j", S, S))
     norms[norms == 0] = 1.0
-    S *= (math.sqrt(n) / norms).astype(dtype)
-    return S.reshape(1, -1)
+    X = S.copy() if grid_order is None else np.take(S, grid_order, axis=0)
+    X = X.astype(dtype, copy=False)
+    X *= (math.sqrt(n) / norms).astype(dtype)
+    return X.reshape(1, -1)
+
+
+def _is_permutation(p: np.ndarray, n: int) -> bool:
+    """Whether ``p`` is an integer array holding each of ``0..n-1`` once (O(n), no sort)."""
+    if p.shape != (n,) or not np.issubdtype(p.dtype, np.integer):
+        return False
+    if n == 0:
+        return True
+    if p.min() < 0 or p.max() >= n:
+        return False
+    seen = np.zeros(n, dtype=bool)
+    seen[p] = True
+    return bool(seen.all())
 
 
 @contextlib.contextmanager
@@ -348,14 +363,108 @@ def first_layer_eig(lin: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
         return lam.flip(0).clamp(min=0), U.flip(1)
 
 
+# Linear layers with fewer weights than this stay float32 in the int8 copy: at N=64 the
+# hidden 128 x 128 layers hold 64 KB each, and quantising their input on every call costs
+# more than reading them (about 0.2 ms per solve over the small layers, measured).
+INT8_MIN_WEIGHTS = 1 << 20
+
+
+def _large_linears(module: nn.Module) -> set[str]:
+    """Names of the Linear submodules of ``module`` worth quantising (``INT8_MIN_WEIGHTS``)."""
+    return {name for name, m in module.named_modules()
+            if isinstance(m, nn.Linear) and m.weight.numel() >= INT8_MIN_WEIGHTS}
+
+
+class _NumpyTail:
+    """The small float32 layers after the int8 ones, evaluated in NumPy.
+
+    At batch 1 each of these layers is a few thousand multiply-adds, so their cost is the
+    per-operation dispatch; after the smoothing and PCG code has run (instruction caches
+    cold) PyTorch's dispatch costs tens of microseconds per operation, NumPy's a few (at
+    N=64: 0.17 ms against 0.44 ms for the 11 layers, measured in the preconditioner). Same
+    arithmetic as the modules (float32; GELU by ``erf``), so the outputs agree to float32
+    rounding. :meth:`split` returns ``None`` for a module it does not know, and the caller
+    keeps PyTorch for everything.
+    """
+
+    def __init__(self, steps: list[tuple]):
+        self.steps = steps
+
+    @classmethod
+    def split(cls, body: nn.Module) -> tuple[nn.Module, _NumpyTail | None]:
+        """``(prefix, tail)``: ``prefix`` (PyTorch) runs the modules up to the last quantised
+        one, ``tail`` the rest; ``(body, None)`` where a module is not supported."""
+        flat: list[nn.Module] = []
+
+        def walk(m):
+            if isinstance(m, nn.Sequential):
+                for c in m:
+                    walk(c)
+            else:
+                flat.append(m)
+
+        walk(body)
+        last = max((i for i, m in enumerate(flat) if type(m).__module__.startswith(
+            "torch.ao.nn.quantized")), default=-1)
+        steps: list[tuple] = []
+        with torch.no_grad():
+            for m in flat[last + 1:]:
+                if type(m) is nn.Linear:
+                    b = None if m.bias is None else m.bias.detach().float().numpy().copy()
+                    steps.append(("linear", m.weight.detach().float().numpy().T.copy(), b))
+                elif type(m) is nn.LayerNorm and len(m.normalized_shape) == 1:
+                    w = None if m.weight is None else m.weight.detach().float().numpy().copy()
+                    b = None if m.bias is None else m.bias.detach().float().numpy().copy()
+                    steps.append(("layernorm", w, b, np.float32(m.eps)))
+                elif type(m) is nn.GELU and m.approximate == "none":
+                    steps.append(("gelu",))
+                elif type(m) is nn.ReLU:
+                    steps.append(("relu",))
+                elif type(m) is nn.Tanh:
+                    steps.append(("tanh",))
+                else:
+                    return body, None
+        return nn.Sequential(*flat[:last + 1]), cls(steps)
+
+    def __call__(self, z: np.ndarray) -> np.ndarray:
+        """Apply the layers to ``z`` (``batch x width``, float32)."""
+        from scipy.special import erf
+
+        for step in self.steps:
+            kind = step[0]
+            if kind == "linear":
+                z = z @ step[1]
+                if step[2] is not None:
+                    z += step[2]
+            elif kind == "layernorm":
+                d = z - z.mean(axis=-1, keepdims=True)
+                var = np.einsum("ij,ij->i", d, d)[:, None] / np.float32(d.shape[-1])
+                z = d / np.sqrt(var + step[3])
+                if step[1] is not None:
+                    z *= step[1]
+                if step[2] is not None:
+                    z += step[2]
+            elif kind == "gelu":
+                z = np.float32(0.5) * z * (np.float32(1.0) + erf(z * _SQRT_HALF))
+            elif kind == "relu":
+                z = np.maximum(z, np.float32(0.0))
+            else:
+                z = np.tanh(z)
+        return z
+
+
+_SQRT_HALF = np.float32(math.sqrt(0.5))
+
+
 class Int8MLP:
     """Inference-only copy of an :class:`NLSSMLP` with int8 weights (CPU).
 
     A forward pass at batch 1 is a matrix-vector product bound by reading the weights (at
     N=64: 39M in the first layer, 26M in the head rows for r=48), so bytes are time. Every
-    Linear layer is converted by PyTorch's dynamic quantisation (int8 weights with one
-    scale per layer, activations quantised on the fly, fbgemm kernels); the head is
-    quantised per requested rank ``r`` (its first ``r*n`` rows) and cached. The output is
+    large Linear layer (``INT8_MIN_WEIGHTS``) is converted by PyTorch's dynamic
+    quantisation (int8 weights with one scale per layer, activations quantised on the fly,
+    fbgemm kernels; the small hidden layers stay float32); the head is quantised per
+    requested rank ``r`` (its first ``r*n`` rows) and cached. The output is
     orthonormalised by Cholesky QR (:func:`orthonormal_rows`), which gives the same basis
     as the float32 network's Householder QR up to rounding at a third of the cost, so
     ``P`` stays orthonormal; only its span moves, by the small angles the tests bound.
@@ -393,7 +502,8 @@ class Int8MLP:
         self.head_directions = None
         self.calibration = None
         with _quiet_quantization():
-            self.body = quantize_dynamic(src.body, {nn.Linear}, dtype=torch.qint8)
+            self.body = quantize_dynamic(src.body, _large_linears(src.body), dtype=torch.qint8)
+        self._split: tuple[nn.Module, _NumpyTail | None] | None = None  # built on first use
         self._heads: dict[int, nn.Module] = {}
 
     def _head(self, r: int) -> nn.Module:
@@ -427,9 +537,10 @@ class Int8MLP:
         if lean is None:
             return None
         with _quiet_quantization():
-            first = quantize_dynamic(lean, {nn.Linear}, dtype=torch.qint8)
+            first = quantize_dynamic(lean, _large_linears(lean), dtype=torch.qint8)
         out = copy.copy(self)  # shares the head weights and their per-rank cache
         out.body = nn.Sequential(first, *list(self.body)[1:])
+        out._split = None
         out.first_layer_rank = lean[0].out_features
         return out
 
@@ -456,42 +567,57 @@ class Int8MLP:
         """The head's output before orthonormalisation, ``(1, r*n)`` float32 (NumPy), from
         network input features ``x`` of shape ``(1, n*K)`` (:func:`_features`)."""
         r = self._check_r(r)
-        with torch.no_grad(), _quiet_quantization():
-            y = self.body(x)
-            if self._affine is None:
-                return self._head(r)(y).numpy()
-            mean, Q, base, D = self._affine
-            rows = r * self.config.n
-            return torch.addmm(base[:rows], (y - mean) @ Q, D[:rows].T).numpy()
+        y = self._hidden(x)
+        if self._affine is None:
+            with torch.no_grad(), _quiet_quantization():
+                return self._head(r)(torch.from_numpy(y)).numpy()
+        mean, Q, base, Dt = (t.numpy() for t in self._affine)  # NumPy views, no copies
+        rows = r * self.config.n
+        out = ((y - mean) @ Q) @ Dt[:, :rows]
+        out += base[:rows]
+        return out
 
-    def basis(self, S: np.ndarray, r: int, grid_order: np.ndarray | None = None) -> np.ndarray:
-        """``P`` (``n x r``, float64, dof order, Fortran layout as PETSc's dense storage)
-        from ``S`` in dof order: input scaling in NumPy with the permutation to grid order
-        fused in, the int8 products, Cholesky QR on the ``r x n`` output, and the
-        permutation back. Arguments are as in :meth:`NLSSModel.basis` (checked there)."""
+    def _hidden(self, x: torch.Tensor) -> np.ndarray:
+        """The last hidden layer (the head's input) for features ``x``, ``(batch, h)``
+        float32: the int8 layers in PyTorch, the small ones after them in NumPy."""
+        if self._split is None:
+            self._split = _NumpyTail.split(self.body)
+        prefix, tail = self._split
+        with torch.no_grad(), _quiet_quantization():
+            z = prefix(x)
+        return tail(z.numpy()) if tail is not None else z.numpy()
+
+    def basis(self, S: np.ndarray, r: int, grid_order: np.ndarray | None = None,
+              dtype=np.float64) -> np.ndarray:
+        """``P`` (``n x r``, dof order, Fortran layout as PETSc's dense storage) from ``S``
+        in dof order: input scaling in NumPy with the permutation to grid order fused in,
+        the int8 products, Cholesky QR on the ``r x n`` output, and the permutation back.
+        Arguments are as in :meth:`NLSSModel.basis` (checked there); ``dtype=np.float32``
+        returns the float32 result as computed (no conversion pass)."""
         n = self.config.n
         x = torch.from_numpy(features_numpy(S, n, grid_order))
         Pt = orthonormal_rows(self.raw(x, r).reshape(r, n))
         if grid_order is not None:  # P[grid_order] = Pt.T, as a gather of columns
             inverse = np.empty_like(grid_order)
             inverse[grid_order] = np.arange(n)
-            Pt = Pt[:, inverse]
-        return Pt.T.astype(np.float64)
+            Pt = np.take(Pt, inverse, axis=1)
+        return Pt.T.astype(dtype, copy=False)
 
     def head_input(self, S: torch.Tensor) -> torch.Tensor:
         """The last hidden layer ``y`` (the head's input) for one ``S`` (grid order), ``(1, h)``."""
-        with torch.no_grad(), _quiet_quantization():
-            return self.body(_features(S.detach().cpu(), self.config, torch.float32))
+        with torch.no_grad():
+            x = _features(S.detach().cpu(), self.config, torch.float32)
+        return torch.from_numpy(self._hidden(x))
 
     def with_affine_head(self, mean: torch.Tensor, directions: torch.Tensor) -> Int8MLP:
         """A copy whose head sees its input projected on ``mean + span(directions)``.
 
         With ``Q = directions`` (``h x q``, orthonormal columns) the head becomes
         ``W (mean + Q Q^T (y - mean)) + b = base + D c`` with ``base = W mean + b``,
-        ``D = W Q`` (float32, ``r_max*n x q``) and ``c = Q^T (y - mean)``: ``q + 1`` numbers
-        per output instead of ``h``. Exact when ``y`` lies in that affine subspace; the
-        calibration in :meth:`NLSSModel.int8` measures how far the basis moves when it
-        does not.
+        ``D = W Q`` (float32, stored as ``D^T``, ``q x r_max*n``) and
+        ``c = Q^T (y - mean)``: ``q + 1`` numbers per output instead of ``h``. Exact when
+        ``y`` lies in that affine subspace; the calibration in :meth:`NLSSModel.int8`
+        measures how far the basis moves when it does not.
         """
         import copy
 
@@ -500,9 +626,9 @@ class Int8MLP:
             mean = mean.detach().float().reshape(-1)
             Q = directions.detach().float()
             base = W @ mean + b
-            D = (W @ Q).contiguous()
+            Dt = (W @ Q).T.contiguous()  # q x (r_max*n): the first r*n columns are contiguous rows
         out = copy.copy(self)
-        out._affine = (mean, Q, base, D)
+        out._affine = (mean, Q, base, Dt)
         out.head_directions = int(Q.shape[1])
         return out
 
@@ -762,7 +888,7 @@ class NLSSModel:
         return chosen
 
     def basis(self, S: np.ndarray, r: int, grid_order: np.ndarray | None = None,
-              precision: str = "float32") -> np.ndarray:
+              precision: str = "float32", dtype=np.float64) -> np.ndarray:
         """Coarse basis ``P`` (``n x r``, orthonormal, float64, dof order) from ``S``.
 
         Parameters
@@ -783,12 +909,16 @@ class NLSSModel:
             output is orthonormalised by Cholesky QR (:func:`orthonormal_rows`).
             ``'float32'`` is the reference path (the torch module as trained, Householder
             QR).
+        dtype : numpy dtype, optional
+            Of the result; ``np.float32`` skips the final conversion (the preconditioner
+            asks for it and converts while copying into PETSc's dense matrix).
 
         Returns
         -------
         numpy.ndarray
-            ``P`` of shape ``(n, r)``, float64. Orthonormal to the network's precision
-            (float32: about 1e-6); the two-grid method only needs its span.
+            ``P`` of shape ``(n, r)``, ``dtype`` (default float64). Orthonormal to the
+            network's precision (float32: about 1e-6); the two-grid method only needs its
+            span.
 
         Raises
         ------
@@ -806,11 +936,7 @@ class NLSSModel:
             raise ValueError(f"r must satisfy 1 <= r <= r_max={cfg.r_max}; got r={r!r}")
         if grid_order is not None:
             grid_order = np.asarray(grid_order)
-            if (
-                grid_order.shape != (cfg.n,)
-                or not np.issubdtype(grid_order.dtype, np.integer)
-                or not np.array_equal(np.sort(grid_order), np.arange(cfg.n))
-            ):
+            if not _is_permutation(grid_order, cfg.n):
                 raise ValueError(
                     f"grid_order must be a permutation of range({cfg.n}); got an array of "
                     f"shape {grid_order.shape} and dtype {grid_order.dtype}"
@@ -820,14 +946,14 @@ class NLSSModel:
                              "'int8'")
         int8 = self.int8() if precision == "int8" else None
         if int8 is not None:
-            return int8.basis(S, int(r), grid_order)
+            return int8.basis(S, int(r), grid_order, dtype=dtype)
         if grid_order is not None:
             S = S[grid_order]
         param = next(self.net.parameters())
         with torch.inference_mode():
             S_t = torch.as_tensor(np.ascontiguousarray(S), dtype=param.dtype,
                                   device=param.device)
-            P_grid = self.net(S_t, r=int(r)).cpu().numpy().astype(np.float64)
+            P_grid = self.net(S_t, r=int(r)).cpu().numpy().astype(dtype)
         if grid_order is None:
             return P_grid
         P = np.empty_like(P_grid)
