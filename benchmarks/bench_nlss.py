@@ -13,9 +13,11 @@ r_max=72; trained on demand if missing), on ``--instances`` test instances:
    sweep; SciPy float32 with a float64 ziggurat start and three passes per sweep; now a
    float32 Box-Muller start and one SpMM with M = I - omega D^-1 A per sweep), inference
    (float32 with r_max columns, with r columns; int8 with torch scaling and Householder
-   QR; now int8 with NumPy scaling and Cholesky QR, 1 and 2 torch threads; and the two
-   SVD routes for reference), and training (torch Adam foreach, fused; now fused Adam
-   inside backward), time per step and the memory a step adds, at full size.
+   QR; int8 with NumPy scaling and Cholesky QR and the full first layer; v2, the lean
+   copy with every layer int8 and run by torch; now its small layers and head in NumPy
+   with a float32 result, 1 and 2 torch threads; and the two SVD routes for reference;
+   warm caches, unlike the preconditioner rows), and training (torch Adam foreach, fused;
+   now fused Adam inside backward), time per step and the memory a step adds, at full size.
 
 Writes ``--out``/perf.json and perf.md atomically. Usage::
 
@@ -119,6 +121,39 @@ def _int8_v1(q, S, r, go):
     return P
 
 
+def _int8_v2_body(lean):
+    """The previous lean copy's body: every Linear int8 (the small hidden layers too)."""
+    import copy
+
+    from torch.ao.quantization import quantize_dynamic
+
+    from nlss_fenicsx.nn.model import _quiet_quantization
+
+    with _quiet_quantization():
+        return quantize_dynamic(copy.deepcopy(lean.body), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _int8_v2(lean, body, D, S, r, go):
+    """The previous lean path: fancy-index gather, all layers and the affine head in torch
+    (``D`` as ``r_max*n x q``), Cholesky QR, fancy-index permutation back, float64."""
+    from nlss_fenicsx.nn.model import orthonormal_rows
+
+    n = lean.config.n
+    X = S[go].astype(np.float32)
+    norms = np.sqrt(np.einsum("ij,ij->j", X, X))
+    norms[norms == 0] = 1.0
+    X *= (np.sqrt(n) / norms).astype(np.float32)
+    mean, Q, base, _ = lean._affine
+    rows = r * n
+    with torch.no_grad():
+        y = body(torch.from_numpy(X.reshape(1, -1)))
+        raw = torch.addmm(base[:rows], (y - mean) @ Q, D[:rows].T).numpy()
+    Pt = orthonormal_rows(raw.reshape(r, n))
+    inverse = np.empty_like(go)
+    inverse[go] = np.arange(n)
+    return Pt[:, inverse].T.astype(np.float64)
+
+
 def levers(system, model, K: int, r: int) -> dict:
     """Each lever alone, before vs after, on one instance (median ms)."""
     from nlss_fenicsx.coarse import svd_basis, svd_basis_from_gram
@@ -158,12 +193,18 @@ def levers(system, model, K: int, r: int) -> dict:
                lambda: _int8_v1(full, S, r, go))}
     inf["int8, NumPy scaling, Cholesky QR, full first layer"] = _median_ms(
         lambda: full.basis(S, r, go))
-    lean_rank = model.int8().first_layer_rank
+    lean = model.int8()
+    lean_rank = lean.first_layer_rank
+    if lean._affine is not None:
+        body_v2, D_v2 = _int8_v2_body(lean), lean._affine[3].T.contiguous()
+        inf[f"v2: first layer at rank {lean_rank}, every layer int8 in torch, float64 out"] = \
+            _median_ms(lambda: _int8_v2(lean, body_v2, D_v2, S, r, go))
     threads = torch.get_num_threads()
     for t in sorted({1, 2, threads}):
         torch.set_num_threads(t)
-        inf[f"now: same, first layer at rank {lean_rank}, {t} torch thread(s)"] = _median_ms(
-            lambda: model.basis(S, r, grid_order=go, precision="int8"))
+        inf[f"now: first layer at rank {lean_rank} (int8), small layers and head in NumPy, "
+            f"float32 out, {t} torch thread(s)"] = _median_ms(
+            lambda: model.basis(S, r, grid_order=go, precision="int8", dtype=np.float32))
     torch.set_num_threads(threads)
     S64 = S.astype(np.float64)
     inf["SVD reference: LAPACK thin SVD (gesdd) of S"] = _median_ms(lambda: svd_basis(S64, r))

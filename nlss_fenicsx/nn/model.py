@@ -789,7 +789,7 @@ class NLSSModel:
         basis stays within ``LEAN_MAX_ANGLE`` degrees of the float32 network's at ranks
         ``r_max/4``, ``r_max/2`` and ``r_max`` on every held-out instance is kept. The
         N=64 models keep a first layer of rank 33 / 32 / 31 of 128 with an 8-direction head
-        (diffusion / anisotropic / screened Poisson: 1.08 / 1.38 / 1.29 degrees, identical
+        (diffusion / anisotropic / screened Poisson: 1.07 / 1.34 / 1.29 degrees, identical
         PCG iterations; `benchmarks/bench_nlss.py` reports them). A small model trained
         briefly keeps its full int8 network (its int8 rounding alone turns the basis by
         about 2 degrees, and a truncated first layer by tens). The calibration runs once per
