@@ -272,7 +272,9 @@ class TwoGridPC:
         for a learned coarse space also ``inference``'s parts on this rank: ``gather``
         (S to rank 0), ``model`` (the network, on rank 0) and ``scatter`` (P's rows back).
     P : numpy.ndarray or scipy.sparse matrix
-        The coarse basis built by the last ``setUp``.
+        The coarse basis built by the last ``setUp`` (this rank's rows): float32 for the
+        learned MLP spaces (the network's precision; PETSc holds it in float64), float64
+        for ``svd`` and ``gnn``, sparse for ``sa``.
     """
 
     def __init__(self, *, P=None, S=None, options: PCOptions | None = None):

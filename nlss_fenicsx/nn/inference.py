@@ -65,7 +65,8 @@ def clear_model_cache() -> None:
 
 def learned_basis(A, comm, S_local: np.ndarray, opts, grid_order: np.ndarray,
                   timings: dict | None = None) -> np.ndarray:
-    """This rank's rows of ``P`` from the model in ``opts.model``.
+    """This rank's rows of ``P`` from the model in ``opts.model`` (float32 from an MLP,
+    float64 from a GNN; the caller copies them into PETSc's float64 dense matrix).
 
     Parameters
     ----------
