@@ -905,8 +905,9 @@ class NLSSModel:
             ``'int8'`` runs the dynamically quantised copy (:meth:`int8`, CPU; made leaner
             per model when a calibration shows the basis does not move): at N=64 about
             four times fewer weight bytes with the full network, fifteen times fewer lean, and
-            5-9x faster at batch 1; its input scaling and permutation run in NumPy and its
-            output is orthonormalised by Cholesky QR (:func:`orthonormal_rows`).
+            8-14x faster at batch 1 (cold and warm caches); its input scaling, permutation
+            and small hidden layers run in NumPy and its output is orthonormalised by
+            Cholesky QR (:func:`orthonormal_rows`).
             ``'float32'`` is the reference path (the torch module as trained, Householder
             QR).
         dtype : numpy dtype, optional
