@@ -66,8 +66,9 @@ def test_int8_basis_orthonormal_close_to_float32_and_converges(model_path):
             assert all(info.converged for info in its)
             assert abs(its[0].iterations - its[1].iterations) <= 1
     print(f"largest principal angle int8 vs float32: {worst:.3f} degrees")
-    # Measured: 2.2 degrees on this small model, 0.56 degrees on the N=64 paper-size model
-    # (diffusion, r=48; int8 with Cholesky QR against float32 with Householder QR).
+    # Measured: 1.1 degrees on this small model (its layers are below INT8_MIN_WEIGHTS, so
+    # only the head is int8), 0.54 degrees on the N=64 paper-size model with the full int8
+    # first layer (diffusion, r=48; Cholesky QR against float32 with Householder QR).
     assert worst < 5.0
 
 
@@ -226,7 +227,7 @@ def test_lean_first_layer_calibration_accepts_harmless_and_rejects_harmful(model
                                                                           monkeypatch):
     """NLSSModel.int8 keeps the truncated first layer only if the basis does not move on
     instances of the model's own training distribution (its train_config). This small
-    model's int8 rounding alone moves its basis by about 2 degrees (the N=64 models: 0.5),
+    model's int8 rounding alone moves its basis by about 1 degree (the N=64 models: 0.5),
     so the bound is raised to 3 degrees here."""
     import nlss_fenicsx.nn.model as model_module
     from nlss_fenicsx.nn.model import NLSSModel

@@ -791,8 +791,8 @@ class NLSSModel:
         N=64 models keep a first layer of rank 33 / 32 / 31 of 128 with an 8-direction head
         (diffusion / anisotropic / screened Poisson: 1.07 / 1.34 / 1.29 degrees, identical
         PCG iterations; `benchmarks/bench_nlss.py` reports them). A small model trained
-        briefly keeps its full int8 network (its int8 rounding alone turns the basis by
-        about 2 degrees, and a truncated first layer by tens). The calibration runs once per
+        briefly keeps its full int8 network (its int8 head alone turns the basis by
+        about 1 degree, and a truncated first layer by tens). The calibration runs once per
         loaded model (about 2 s at N=64); ``int8().calibration`` says what was decided.
         """
         if self._int8 is None:
