@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics as st
 import sys
-import tempfile
 import time
 
 
@@ -101,19 +99,16 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
+    from nlss_fenicsx.bench.report import write_json
+
     if not torch.cuda.is_available():
         sys.exit("gpu_checks: torch sees no CUDA device")
     device = torch.device(args.device)
     report = {"gpu": torch.cuda.get_device_name(device), "torch": torch.__version__,
               "optimiser_equality": optimiser_equality(device),
               "training_step": step_timing(device)}
-    text = json.dumps(report, indent=2)
-    print(text, flush=True)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)), suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, args.out)
+    print(json.dumps(report, indent=2), flush=True)
+    write_json(args.out, report)
     ok = all(report["optimiser_equality"].values())
     sys.exit(0 if ok else 1)
 

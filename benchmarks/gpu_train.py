@@ -82,6 +82,8 @@ def run_job(pde: str, loss: str, args) -> dict:
 
 
 def main() -> None:
+    from nlss_fenicsx.bench.report import write_json
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pdes", nargs="+", default=list(FAMILIES))
     ap.add_argument("--losses", nargs="+", default=["nlss", "subspace"])
@@ -125,10 +127,8 @@ def main() -> None:
         f = Path(args.workdir, f"{p}_{loss}.json")
         results.append(json.loads(f.read_text()) if f.exists() else {"pde": p, "loss": loss,
                                                                      "error": "no result"})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     summary = {"argv": sys.argv[1:], "wall": time.perf_counter() - t0, "results": results}
-    (out / "gpu_train.json").write_text(json.dumps(summary, indent=1))
+    write_json(Path(args.out) / "gpu_train.json", summary)
     for r in results:
         if "error" in r:
             print(r)
