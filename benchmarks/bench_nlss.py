@@ -143,7 +143,7 @@ def _int8_v2(lean, body, D, S, r, go):
     norms = np.sqrt(np.einsum("ij,ij->j", X, X))
     norms[norms == 0] = 1.0
     X *= (np.sqrt(n) / norms).astype(np.float32)
-    mean, Q, base, _ = lean._affine
+    mean, Q, base = (torch.from_numpy(a) for a in lean._affine[:3])
     rows = r * n
     with torch.no_grad():
         y = body(torch.from_numpy(X.reshape(1, -1)))
@@ -196,7 +196,8 @@ def levers(system, model, K: int, r: int) -> dict:
     lean = model.int8()
     lean_rank = lean.first_layer_rank
     if lean._affine is not None:
-        body_v2, D_v2 = _int8_v2_body(lean), lean._affine[3].T.contiguous()
+        body_v2 = _int8_v2_body(lean)
+        D_v2 = torch.from_numpy(np.ascontiguousarray(lean._affine[3].T))  # r_max*n x q
         inf[f"v2: first layer at rank {lean_rank}, every layer int8 in torch, float64 out"] = \
             _median_ms(lambda: _int8_v2(lean, body_v2, D_v2, S, r, go))
     threads = torch.get_num_threads()

@@ -285,8 +285,8 @@ def features_numpy(S: np.ndarray, n: int, grid_order: np.ndarray | None = None,
     S = np.asarray(S)
     norms = np.sqrt(np.einsum("ij,ij->j", S, S))
     norms[norms == 0] = 1.0
-    X = S.copy() if grid_order is None else np.take(S, grid_order, axis=0)
-    X = X.astype(dtype, copy=False)
+    X = S.astype(dtype) if grid_order is None else np.take(S, grid_order, axis=0)
+    X = X.astype(dtype, copy=False)  # (one copy either way)
     X *= (math.sqrt(n) / norms).astype(dtype)
     return X.reshape(1, -1)
 
@@ -523,7 +523,7 @@ class Int8MLP:
     def with_lean_first_layer(self, energy: float = LEAN_ENERGY) -> Int8MLP | None:
         """A copy sharing this one's quantised layers and head, with the first layer
         replaced by its rank-``k`` truncated SVD keeping ``energy`` of its Frobenius energy
-        (int8 as well); ``None`` if that saves too little (see
+        (int8 where a factor is large, ``INT8_MIN_WEIGHTS``); ``None`` if that saves too little (see
         :func:`low_rank_first_layer`)."""
         import copy
 
@@ -571,7 +571,7 @@ class Int8MLP:
         if self._affine is None:
             with torch.no_grad(), _quiet_quantization():
                 return self._head(r)(torch.from_numpy(y)).numpy()
-        mean, Q, base, Dt = (t.numpy() for t in self._affine)  # NumPy views, no copies
+        mean, Q, base, Dt = self._affine
         rows = r * self.config.n
         out = ((y - mean) @ Q) @ Dt[:, :rows]
         out += base[:rows]
@@ -628,7 +628,7 @@ class Int8MLP:
             base = W @ mean + b
             Dt = (W @ Q).T.contiguous()  # q x (r_max*n): the first r*n columns are contiguous rows
         out = copy.copy(self)
-        out._affine = (mean, Q, base, Dt)
+        out._affine = tuple(t.numpy() for t in (mean, Q, base, Dt))  # applied in NumPy (raw)
         out.head_directions = int(Q.shape[1])
         return out
 
