@@ -21,11 +21,14 @@ extra nodes. Neither meets the paper's definition, so the triangulation is compu
 and Gmsh is the container and the file format.
 
 Because dolfinx renumbers dofs, :func:`grid_order` gives for each lexicographic grid node
-its P1 dof (a global index, identical on every rank).
+its P1 dof (a global index, identical on every rank). :func:`node_order` does the same for
+any mesh from the mesh's input node index, which dolfinx keeps and which does not depend on
+the partition; on the jittered square the two are equal (node tags are ``1 + grid index``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -40,6 +43,8 @@ __all__ = [
     "grid_order",
     "jittered_points",
     "jittered_square",
+    "mesh_id",
+    "node_order",
     "read_msh",
     "write_msh",
 ]
@@ -112,7 +117,7 @@ def jittered_square(
     seed: int | None = 0,
     comm=None,
 ) -> dolfinx.mesh.Mesh:
-    """The paper's jittered Delaunay mesh of the unit square as a dolfinx Mesh.
+    """Build the paper's jittered Delaunay mesh of the unit square as a dolfinx Mesh.
 
     Parameters
     ----------
@@ -184,6 +189,120 @@ def grid_order(V, N: int | None = None) -> np.ndarray:
     if np.any(order < 0) or np.unique(all_g).size != n_global:
         raise ValueError("dof coordinates do not map one-to-one onto the grid nodes")
     return order
+
+
+def _dof_nodes(V):
+    """Local geometry node of each local dof block, or ValueError if dofs are not nodes."""
+    mesh = V.mesh
+    imap = V.dofmap.index_map
+    geom = mesh.geometry
+    if (imap.size_global != geom.index_map().size_global
+            or V.dofmap.list.shape[1] != geom.dofmaps[0].shape[1]):
+        raise ValueError(
+            "node_order needs a Lagrange space whose dofs are the mesh nodes (P1 on a "
+            f"straight-sided mesh); got {imap.size_global} dof blocks for "
+            f"{geom.index_map().size_global} mesh nodes")
+    nodes = np.full(imap.size_local + imap.num_ghosts, -1, dtype=np.int64)
+    nodes[np.asarray(V.dofmap.list).ravel()] = np.asarray(geom.dofmaps[0]).ravel()
+    owned = nodes[: imap.size_local]
+    x_dof = V.tabulate_dof_coordinates()[: imap.size_local]
+    if np.any(owned < 0) or not np.allclose(x_dof, geom.x[owned], rtol=0, atol=1e-12):
+        raise ValueError("node_order needs a Lagrange space whose dofs sit on the mesh nodes "
+                         "(its dofs do not coincide with the geometry nodes)")
+    return owned
+
+
+def node_order(V) -> np.ndarray:
+    """Return the global dof of each input node of the mesh: ``order[i]`` for node ``i``.
+
+    The input node index is the position of the node in the data the mesh was created
+    from (for a Gmsh model, the node tags in increasing order); dolfinx keeps it, and it
+    does not depend on the number of ranks or the partition. On :func:`jittered_square`
+    meshes it is the grid index, so ``node_order(V)`` equals :func:`grid_order`.
+    Collective over ``V.mesh.comm``; every rank receives the full array.
+
+    Parameters
+    ----------
+    V : dolfinx.fem.FunctionSpace
+        A Lagrange space whose dofs are the mesh nodes (P1 on a straight-sided mesh),
+        scalar or blocked (vector) with block size ``bs``.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,), int64
+        A permutation of ``range(n)`` with ``n`` the global number of dofs; for ``bs > 1``,
+        ``order[bs*i + c]`` is the dof of component ``c`` at input node ``i``.
+
+    Raises
+    ------
+    ValueError
+        If the space's dofs are not the mesh nodes (e.g. P2 on a P1 mesh, DG).
+
+    Examples
+    --------
+    >>> from nlss_fenicsx._fenicsx import dolfinx
+    >>> V = dolfinx.fem.functionspace(jittered_square(4, seed=0), ("Lagrange", 1))
+    >>> bool((node_order(V) == grid_order(V)).all())
+    True
+    """
+    comm = V.mesh.comm
+    imap = V.dofmap.index_map
+    bs = V.dofmap.index_map_bs
+    failure = None
+    try:
+        owned = _dof_nodes(V)
+    except ValueError as err:
+        failure, owned = err, np.zeros(0, dtype=np.int64)
+    messages = [m for m in comm.allgather(None if failure is None else str(failure)) if m]
+    if messages:  # the same line on every rank, not only where the check failed
+        raise ValueError(messages[0])
+    inputs = np.asarray(V.mesh.geometry.input_global_indices, dtype=np.int64)[owned]
+    blocks = np.arange(imap.local_range[0], imap.local_range[1], dtype=np.int64)
+    all_inputs = np.concatenate(comm.allgather(inputs))
+    all_blocks = np.concatenate(comm.allgather(blocks))
+    nb = imap.size_global
+    if not (np.all((all_inputs >= 0) & (all_inputs < nb))
+            and np.unique(all_inputs).size == nb):
+        raise ValueError(f"the mesh's input node indices are not 0..{nb - 1}: cannot order "
+                         "the dofs by input node")
+    order = np.empty(nb, dtype=np.int64)
+    order[all_inputs] = all_blocks
+    if bs == 1:
+        return order
+    return (bs * order[:, None] + np.arange(bs)[None, :]).ravel()
+
+
+def mesh_id(mesh) -> str:
+    """Identify a mesh by a hash of its node coordinates in input order and its cells.
+
+    The same mesh read on any number of ranks gives the same string; a checkpoint trained
+    on one mesh records it, so a model can be checked against the mesh it is used on.
+    Collective over ``mesh.comm``.
+
+    Parameters
+    ----------
+    mesh : dolfinx.mesh.Mesh
+
+    Returns
+    -------
+    str
+        ``"sha1:"`` followed by 16 hexadecimal digits.
+
+    Examples
+    --------
+    >>> mesh_id(jittered_square(4, seed=0)) == mesh_id(jittered_square(4, seed=0))
+    True
+    """
+    comm = mesh.comm
+    geom = mesh.geometry
+    owned = geom.index_map().size_local
+    inputs = np.concatenate(comm.allgather(
+        np.asarray(geom.input_global_indices, dtype=np.int64)[:owned]))
+    x = np.concatenate(comm.allgather(np.asarray(geom.x[:owned], dtype=np.float64)))
+    cells = mesh.topology.index_map(mesh.topology.dim).size_global
+    digest = hashlib.sha1(np.round(x[np.argsort(inputs)], 12).tobytes())
+    digest.update(f"{len(inputs)}:{cells}".encode())
+    return "sha1:" + digest.hexdigest()[:16]
 
 
 def write_msh(path: str | os.PathLike, N: int, *, jitter: float = 0.35,

@@ -1,0 +1,349 @@
+"""The options of the two-grid preconditioner, parsed from strings (no petsc4py needed).
+
+:class:`nlss_fenicsx.petsc.TwoGridPC` reads every ``nlss_*`` value under its options prefix
+as a string and hands the dictionary to :func:`parse_options`; the command line builds the
+same dictionary from its flags. One rule therefore decides what a valid value is, and a bad
+value is one ``ValueError`` naming the option, the value and what is expected.
+
+==================  =======  =================================================  ==============
+option              default  meaning                                            used by
+==================  =======  =================================================  ==============
+``nlss_coarse``     svd      ``svd`` | ``nlss`` | ``sa`` | ``sine`` |           all
+                             ``eig-ref`` | ``eig`` | ``fixed``
+``nlss_model``               checkpoint path (MLP or GNN: the file says which)  nlss
+``nlss_pde``                 PDE family, checked against the checkpoint         nlss
+``nlss_rank``       48       coarse rank ``r`` (dimension of ``P``)             all but sa
+``nlss_K``          72       number of smoothed vectors                         svd, nlss
+``nlss_sweeps``     10       Jacobi sweeps that smooth the ``K`` vectors        svd, nlss
+``nlss_nu``         5        pre- and post-smoothing sweeps of the cycle        all
+``nlss_omega``      auto     Jacobi weight: ``auto`` (0.66 where safe) or > 0   all
+``nlss_smoother``   jacobi   level smoother ``jacobi`` | ``chebyshev`` |        all
+                             ``sor``
+``nlss_seed``       0        seed of the random vectors                         all
+``nlss_precision``  int8     the MLP's inference weights ``int8`` | float32     nlss
+``nlss_basis``               basis file (``nlss-fenicsx basis``)                fixed
+==================  =======  =================================================  ==============
+
+Options given for a coarse space that does not use them are reported by
+:func:`unused_options` (the PC prints one warning line; they are never an error, so one
+options dictionary can be switched between coarse spaces). With a checkpoint,
+:func:`merge_checkpoint` takes every setting the user did not give from it (issue 18).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = [
+    "COARSE_KINDS",
+    "OPTION_NAMES",
+    "PRECISIONS",
+    "SMOOTHERS",
+    "TwoGridOptions",
+    "merge_checkpoint",
+    "parse_options",
+    "unused_options",
+]
+
+COARSE_KINDS = ("svd", "sa", "sine", "eig-ref", "eig", "fixed", "nlss")
+SMOOTHERS = ("jacobi", "chebyshev", "sor")
+PRECISIONS = ("int8", "float32")
+
+# field -> option name (the coarse rank is the field r, the option nlss_rank).
+OPTION_NAMES = {
+    "coarse": "nlss_coarse", "model": "nlss_model", "pde": "nlss_pde", "r": "nlss_rank",
+    "K": "nlss_K", "sweeps": "nlss_sweeps", "nu": "nlss_nu", "omega": "nlss_omega",
+    "smoother": "nlss_smoother", "seed": "nlss_seed", "precision": "nlss_precision",
+    "basis": "nlss_basis",
+}
+_FIELDS = {name: f for f, name in OPTION_NAMES.items()}
+# Which coarse kinds use an option; an option absent here is used by every kind.
+_USED_BY = {
+    "model": ("nlss",), "pde": ("nlss",), "precision": ("nlss",), "basis": ("fixed",),
+    "K": ("svd", "nlss"), "sweeps": ("svd", "nlss"),
+    "r": ("svd", "nlss", "sine", "eig-ref", "eig", "fixed"),
+}
+_MINIMUM = {"r": 1, "K": 1, "sweeps": 0, "nu": 1, "seed": 0}
+_CHOICES = {"coarse": COARSE_KINDS, "smoother": SMOOTHERS, "precision": PRECISIONS}
+
+
+def _integer(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("+-").isdigit():
+            value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{OPTION_NAMES[name]}: expected an integer >= {minimum}, "
+                         f"got {value!r}")
+    return value
+
+
+def _omega(value: Any) -> float | str:
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text == "auto":
+            return "auto"
+        try:
+            value = float(text)
+        except ValueError:
+            value = text
+    if (isinstance(value, bool) or not isinstance(value, int | float)
+            or not math.isfinite(value) or value <= 0):
+        raise ValueError(f"nlss_omega: expected 'auto' or a number > 0, got {value!r}")
+    return float(value)
+
+
+def _choice(name: str, value: Any) -> str:
+    choices = _CHOICES[name]
+    if not isinstance(value, str) or value.strip().lower() not in choices:
+        raise ValueError(f"{OPTION_NAMES[name]}: expected one of {', '.join(choices)}; "
+                         f"got {value!r}")
+    return value.strip().lower()
+
+
+def _text(name: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{OPTION_NAMES[name]}: expected a non-empty string, got {value!r}")
+    return value.strip()
+
+
+@dataclass(frozen=True)
+class TwoGridOptions:
+    """The settings of :class:`nlss_fenicsx.petsc.TwoGridPC` (table in the module docstring).
+
+    Every field is validated on construction, so ``TwoGridOptions(r=0)`` fails as the
+    option ``nlss_rank 0`` does.
+
+    Parameters
+    ----------
+    coarse : str
+        Coarse space kind, one of :data:`COARSE_KINDS`.
+    model : str or None
+        Checkpoint path (``nlss``).
+    pde : str or None
+        PDE family to check the checkpoint against (``nlss``).
+    r : int
+        Coarse rank ``r >= 1`` (option ``nlss_rank``).
+    K : int
+        Number of smoothed vectors, ``K >= r`` for ``svd`` and ``nlss``.
+    sweeps : int
+        Jacobi sweeps that smooth ``S`` (``>= 0``).
+    nu : int
+        Pre- and post-smoothing sweeps of the cycle (``>= 1``: with 0 the two-grid
+        operator is singular).
+    omega : float or 'auto'
+        Jacobi weight of the cycle and of the smoothing of ``S``; ``'auto'`` takes 0.66
+        (the paper's) where it is safe for the estimated ``lambda_max(D^-1 A)``.
+    smoother : str
+        Level smoother, one of :data:`SMOOTHERS`.
+    seed : int
+        Seed of the random start of ``S`` and of the estimate of ``lambda_max``.
+    precision : str
+        The MLP's inference weights, one of :data:`PRECISIONS`.
+    basis : str or None
+        Basis file (``fixed``).
+    smoothing_omega : float or None
+        Jacobi weight of the smoothing of ``S`` when it differs from ``omega`` (set from a
+        checkpoint: the weight the model was trained with); ``None``: as the cycle's.
+    given : frozenset of str
+        Option names the user set (what :func:`unused_options` and
+        :func:`merge_checkpoint` look at).
+    from_model : frozenset of str
+        Option names whose values came from the checkpoint.
+
+    Raises
+    ------
+    ValueError
+        One line naming the option, the value and what is expected.
+
+    Examples
+    --------
+    >>> TwoGridOptions(r=16, K=24).r
+    16
+    >>> TwoGridOptions(r=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: nlss_rank: expected an integer >= 1, got 0
+    """
+
+    coarse: str = "svd"
+    model: str | None = None
+    pde: str | None = None
+    r: int = 48
+    K: int = 72
+    sweeps: int = 10
+    nu: int = 5
+    omega: float | str = "auto"
+    smoother: str = "jacobi"
+    seed: int = 0
+    precision: str = "int8"
+    basis: str | None = None
+    smoothing_omega: float | None = None
+    given: frozenset = field(default_factory=frozenset)
+    from_model: frozenset = field(default_factory=frozenset)
+
+    def __post_init__(self):
+        set_ = object.__setattr__  # frozen: normalise in place once
+        for name in ("coarse", "smoother", "precision"):
+            set_(self, name, _choice(name, getattr(self, name)))
+        for name, minimum in _MINIMUM.items():
+            set_(self, name, _integer(name, getattr(self, name), minimum))
+        for name in ("model", "pde", "basis"):
+            set_(self, name, _text(name, getattr(self, name)))
+        set_(self, "omega", _omega(self.omega))
+        if self.smoothing_omega is not None:
+            set_(self, "smoothing_omega", float(_omega(self.smoothing_omega)))
+        set_(self, "given", frozenset(self.given))
+        set_(self, "from_model", frozenset(self.from_model))
+        if self.coarse in ("svd", "nlss") and self.r > self.K:
+            raise ValueError(f"nlss_rank must be <= nlss_K for nlss_coarse {self.coarse}; "
+                             f"got nlss_rank {self.r} > nlss_K {self.K}")
+
+    @property
+    def S_omega(self) -> float | str:
+        """The Jacobi weight that smooths ``S``: ``smoothing_omega`` or ``omega``."""
+        return self.omega if self.smoothing_omega is None else self.smoothing_omega
+
+    def uses(self, name: str) -> bool:
+        """Whether the option field ``name`` (e.g. ``"K"``) is used by this coarse kind."""
+        return self.coarse in _USED_BY.get(name, COARSE_KINDS)
+
+
+def parse_options(values: Mapping[str, Any]) -> TwoGridOptions:
+    """Parse ``nlss_*`` options given as strings (as the PETSc options database holds them).
+
+    Parameters
+    ----------
+    values : mapping of str to str
+        Option names without the PC's prefix (``"nlss_rank"``) to their values. Values may
+        also be Python numbers; ``"48.0"`` for an integer option is refused, not rounded.
+        Keys of the inner PCMG (``nlss_mg_*``) must not be included.
+
+    Returns
+    -------
+    TwoGridOptions
+        With ``given`` = the option names present.
+
+    Raises
+    ------
+    ValueError
+        One line naming the option, the value and what is expected (an unknown ``nlss_*``
+        name lists the known ones).
+
+    Examples
+    --------
+    >>> parse_options({"nlss_rank": "16", "nlss_K": "24", "nlss_omega": "auto"}).r
+    16
+    >>> parse_options({"nlss_rank": "48.0"})
+    Traceback (most recent call last):
+    ...
+    ValueError: nlss_rank: expected an integer >= 1, got '48.0'
+    """
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        name = _FIELDS.get(key)
+        if name is None:
+            raise ValueError(f"unknown option {key} (value {value!r}); expected one of "
+                             f"{', '.join(OPTION_NAMES.values())}")
+        kwargs[name] = value
+    return TwoGridOptions(**kwargs, given=frozenset(OPTION_NAMES[k] for k in kwargs))
+
+
+def unused_options(opts: TwoGridOptions) -> tuple[str, ...]:
+    """Option names the user gave that the chosen coarse kind does not use.
+
+    Parameters
+    ----------
+    opts : TwoGridOptions
+
+    Returns
+    -------
+    tuple of str
+        E.g. ``("nlss_K",)`` for ``nlss_coarse sa`` with ``nlss_K`` given.
+
+    Examples
+    --------
+    >>> unused_options(parse_options({"nlss_coarse": "sa", "nlss_K": "8"}))
+    ('nlss_K',)
+    """
+    return tuple(OPTION_NAMES[f] for f in OPTION_NAMES
+                 if OPTION_NAMES[f] in opts.given and not opts.uses(f))
+
+
+def merge_checkpoint(opts: TwoGridOptions, settings, *,
+                     where: str = "the model") -> TwoGridOptions:
+    """Take every setting the user did not give from a checkpoint's settings (issue 18).
+
+    ``K``, ``sweeps`` and the smoothing weight come from the checkpoint; the coarse rank
+    is ``r_max`` or the user's ``nlss_rank`` if smaller; ``nlss_pde``, if given, must be the
+    checkpoint's family. A given value that contradicts the checkpoint is refused.
+
+    Parameters
+    ----------
+    opts : TwoGridOptions
+        What the user gave (``opts.given``).
+    settings : object
+        The checkpoint's settings (:func:`nlss_fenicsx.nn.checkpoint.read_settings`):
+        attributes ``K``, ``r_max``, ``sweeps``, ``omega``, ``pde``.
+    where : str
+        How to name the checkpoint in messages (e.g. its path).
+
+    Returns
+    -------
+    TwoGridOptions
+        With ``from_model`` = the option names taken from the checkpoint.
+
+    Raises
+    ------
+    ValueError
+        One line naming the option, the user's value and the checkpoint's.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> s = SimpleNamespace(K=8, r_max=6, sweeps=10, omega=0.66, pde="diffusion")
+    >>> o = merge_checkpoint(parse_options({"nlss_coarse": "nlss"}), s)
+    >>> (o.K, o.r, sorted(o.from_model))
+    (8, 6, ['nlss_K', 'nlss_omega', 'nlss_rank', 'nlss_sweeps'])
+    """
+    given = opts.given
+    out: dict[str, Any] = {}
+    taken = set()
+
+    def refuse(option, mine, theirs, what):
+        raise ValueError(f"{option} {mine} contradicts {where}, which was trained with "
+                         f"{what}={theirs}; leave {option} out to use the model's")
+
+    for name in ("K", "sweeps"):
+        theirs = int(getattr(settings, name))
+        if OPTION_NAMES[name] in given:
+            if getattr(opts, name) != theirs:
+                refuse(OPTION_NAMES[name], getattr(opts, name), theirs, name)
+        else:
+            out[name] = theirs
+            taken.add(OPTION_NAMES[name])
+    theirs = float(settings.omega)
+    if "nlss_omega" in given:
+        if opts.omega != "auto" and not math.isclose(opts.omega, theirs, rel_tol=1e-12):
+            refuse("nlss_omega", opts.omega, theirs, "omega")
+    else:
+        taken.add("nlss_omega")
+    out["smoothing_omega"] = theirs
+    r_max = int(settings.r_max)
+    if "nlss_rank" in given:
+        if opts.r > r_max:
+            raise ValueError(f"nlss_rank {opts.r} exceeds r_max={r_max} of {where}; give "
+                             f"nlss_rank <= {r_max} or leave it out")
+    else:
+        out["r"] = r_max
+        taken.add("nlss_rank")
+    pde = getattr(settings, "pde", None)
+    if "nlss_pde" in given and pde is not None and opts.pde != pde:
+        refuse("nlss_pde", opts.pde, pde, "pde")
+    out["r"] = min(out.get("r", opts.r), out.get("K", opts.K))
+    return replace(opts, **out, from_model=frozenset(taken))
