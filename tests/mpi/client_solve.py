@@ -1,0 +1,58 @@
+"""Run under mpiexec: the client programs solved with the given methods, checked against LU.
+
+Usage: ``client_solve.py METHODS PROGRAMS [MODEL]`` with comma-separated lists, e.g.
+``client_solve.py svd,gamg poisson_disk,heat``; ``nlss`` needs the checkpoint MODEL.
+Prints one JSON object on rank 0: ``{program: {"n": n, method: {"its": [...],
+"reason": [...], "error": e}}}``, where ``its`` and ``reason`` hold one entry per solve
+(one per time step for ``heat``) and ``error`` is the largest relative difference from
+the MUMPS LU solution (zero-mean parts for the pure-Neumann program).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from nlss_fenicsx._fenicsx import MPI  # noqa: E402
+from tests import client_programs as cp  # noqa: E402
+
+comm = MPI.COMM_WORLD
+methods = sys.argv[1].split(",")
+names = sys.argv[2].split(",")
+model = sys.argv[3] if len(sys.argv) > 3 else None
+
+
+def options(method: str) -> dict:
+    if method == "gamg":
+        return cp.GAMG
+    if method == "nlss":
+        return cp.twogrid("nlss", model=model)
+    return cp.twogrid(method)
+
+
+out = {}
+for name in names:
+    build, kwargs = cp.PROGRAMS[name]
+    prog = build(comm, **kwargs)
+    record = {"n": prog.n}
+    if name == "heat":
+        ref = cp.heat_run(prog, cp.LU)
+        for method in methods:
+            runs = cp.heat_run(prog, options(method))
+            errors = [cp.relative_error(r.x, q.x, comm) for r, q in zip(runs, ref, strict=True)]
+            record[method] = {"its": [r.iterations for r in runs],
+                              "reason": [r.reason for r in runs], "error": max(errors)}
+    else:
+        run = cp.ksp_solve if prog.nullspace else cp.solve
+        ref = run(prog, cp.LU)
+        x_ref = cp.zero_mean(ref.x, comm) if prog.nullspace else ref.x
+        for method in methods:
+            res = run(prog, options(method))
+            x = cp.zero_mean(res.x, comm) if prog.nullspace else res.x
+            record[method] = {"its": [res.iterations], "reason": [res.reason],
+                              "error": cp.relative_error(x, x_ref, comm)}
+    out[name] = record
+
+if comm.rank == 0:
+    print(json.dumps(out))
