@@ -1,313 +1,438 @@
-"""The ``nlss-fenicsx`` command line.
+"""The ``nlss-fenicsx`` command line (also ``python -m nlss_fenicsx``).
 
-Each sub-command has ``--help``. Bad input ends with exit status 2 and one line on
-stderr, never a traceback. Heavy modules (dolfinx, petsc4py, torch) are imported only by
-the sub-command that needs them, so ``--help`` is instant.
+Each sub-command has ``--help``. Bad input ends with one line on stderr naming the input
+and exit status 2, never a traceback; outputs are checked before any work. Heavy modules
+(dolfinx, petsc4py, torch) are imported only by the sub-command that runs, so ``--help``
+is instant. The checks and the error report live in :mod:`nlss_fenicsx._cli_checks`.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import contextlib
+import os
+import signal
+import textwrap
+import threading
 import time
+import traceback
 from pathlib import Path
+
+from nlss_fenicsx._cli_checks import (
+    LEARNED,
+    USES_S,
+    ArgParser,
+    RemoteError,
+    UsageError,
+    check_memory,
+    classify,
+    grid_n,
+    int_at_least,
+    jitter,
+    mpi_world,
+    on_root,
+    open_unit_interval,
+    positive_float,
+    report,
+    resolve_solve,
+    serial_only,
+    smoother_weight,
+    solve_bytes,
+    train_bytes,
+    widths,
+)
 
 __all__ = ["build_parser", "main"]
 
 FAMILIES = ("diffusion", "anisotropic", "screened_poisson")
-
-
-class UsageError(ValueError):
-    """Bad command-line input discovered after parsing."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (no usage block), exit status 2."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _int_at_least(lo: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {value}")
-        return value
-
-    return parse
-
-
-def _jitter(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 <= value < 0.5:
-        raise argparse.ArgumentTypeError(f"expected 0 <= jitter < 0.5, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
-    return value
+COARSE = (*LEARNED, "svd", "sa", "sine", "eig-ref", "eig", "fixed")
+EPILOG = """exit status: 0 done, 1 failed (no convergence, diverged training, disk full),
+2 bad input (one line naming it), 70 internal error (a bug: please report it),
+130 interrupted. NLSS_FENICSX_DEBUG=1 (or --debug) adds the traceback.
+Under mpiexec: solve and mesh run (one writer); train, energy, bench, basis refuse."""
 
 
 # --------------------------------------------------------------------------- mesh
-def _cmd_mesh(args) -> int:
-    from nlss_fenicsx import meshes
+def _cmd_mesh(args, comm) -> int:
+    from nlss_fenicsx._atomic import check_destination
 
-    out = args.out or Path("meshes") / f"square_N{args.N}_s{args.seed}.msh"
-    t0 = time.perf_counter()
-    path = meshes.write_msh(out, args.N, jitter=args.jitter, seed=args.seed)
-    dt = time.perf_counter() - t0
-    print(f"wrote {path}: {(args.N + 1) ** 2} nodes, {2 * args.N**2} triangles "
-          f"(jitter {args.jitter} h, seed {args.seed}) in {dt:.3f} s")
+    out = check_destination(args.out or Path("meshes") / f"square_N{args.N}_s{args.seed}.msh")
+    check_memory(solve_bytes((args.N + 1) ** 2), f"--N {args.N}")
+
+    def write():
+        from nlss_fenicsx import meshes
+
+        t0 = time.perf_counter()
+        path = meshes.write_msh(out, args.N, jitter=args.jitter, seed=args.seed)
+        return f"wrote {path}: {(args.N + 1) ** 2} nodes, {2 * args.N**2} triangles " \
+               f"(jitter {args.jitter} h, seed {args.seed}) in {time.perf_counter() - t0:.3f} s"
+
+    print(on_root(comm, write))
     return 0
 
 
 # --------------------------------------------------------------------------- solve
-def _cmd_solve(args) -> int:
+def _cmd_solve(args, comm) -> int:
+    if comm is not None and args.path == "scipy":
+        raise UsageError("--path scipy is the serial reference; under mpiexec use --path petsc")
+    taken = resolve_solve(args, comm)
+    if args.mesh is None:
+        size = args.model.stat().st_size if args.model else 0
+        uses_s = args.coarse in USES_S
+        check_memory(solve_bytes((args.N + 1) ** 2, args.K if uses_s else 0, args.rank, size),
+                     f"--N {args.N}")
     from nlss_fenicsx import meshes, pdes
     from nlss_fenicsx.bench.methods import MethodSpec, run_method
 
-    if args.coarse in ("nlss", "subspace", "gnn") and args.model is None:
-        raise UsageError(f"--coarse {args.coarse} needs --model PATH (see `nlss-fenicsx train`)")
-    if args.model is not None and not args.model.is_file():
-        raise UsageError(f"--model: checkpoint not found: {args.model}")
-    if args.coarse != "sa" and args.rank > args.K:
-        raise UsageError(f"--rank must be <= --K, got rank {args.rank} > K {args.K}")
-    n = (args.N + 1) ** 2
-    if args.K > n:
-        raise UsageError(f"--K must be <= n = (N+1)^2 = {n}, got {args.K}")
     t0 = time.perf_counter()
-    mesh = meshes.jittered_square(args.N, seed=args.seed)
+    mesh = (meshes.read_msh(args.mesh) if args.mesh else
+            meshes.jittered_square(args.N, seed=args.seed))
     t1 = time.perf_counter()
     system = pdes.assemble(pdes.sample(args.pde, mesh, rng=args.seed, preset=args.preset))
     t2 = time.perf_counter()
     spec = MethodSpec(name=args.coarse, rank=args.rank, K=args.K, sweeps=args.sweeps,
-                      nu=args.nu, omega=args.omega, rtol=args.rtol, path=args.path,
-                      model=str(args.model) if args.model else None, seed=args.seed)
+                      nu=args.nu, omega=args.omega, smoother=args.smoother, rtol=args.rtol,
+                      path=args.path, model=str(args.model) if args.model else None,
+                      seed=args.seed, basis=str(args.basis) if args.basis else None)
     run_method(system, spec)  # warm-up: first-call costs are not per-instance costs
     rec = run_method(system, spec)
-    print(f"{args.pde} N={args.N} (n={system.n}), preset {args.preset}, seed {args.seed}")
+    where = f"mesh {args.mesh}" if args.mesh else f"N={args.N}"
+    print(f"{args.pde} {where} (n={system.n}), preset {args.preset}, seed {args.seed}"
+          + (f", {comm.size} MPI ranks" if comm is not None else ""))
     print(f"mesh {1e3 * (t1 - t0):.1f} ms, sample + assemble {1e3 * (t2 - t1):.1f} ms")
-    rank = f"rank {rec.rank}" if rec.rank else f"coarse size {rec.coarse_size}"
-    print(f"method {rec.method} ({rank}, K={args.K}, {args.path} path)")
+    if taken:
+        print(f"from the model {args.model}: "
+              + ", ".join(f"{k}={v}" for k, v in taken.items()))
+    size = f"rank {rec.rank}" if rec.rank else f"coarse size {rec.coarse_size}"
+    s_part = f", K={args.K}, {args.sweeps} sweeps" if args.coarse in USES_S else ""
+    print(f"method {rec.method} ({size}{s_part}, {args.smoother} nu={args.nu}, "
+          f"{args.path} path)")
     print(f"iterations {rec.iterations}, final relative residual {rec.rel_residual:.3e}")
     print("phases (ms): " + ", ".join(f"{k} {1e3 * v:.2f}" for k, v in rec.phases.items()))
     return 0
 
 
 # --------------------------------------------------------------------------- train
-def _cmd_train(args) -> int:
-    from nlss_fenicsx.nn.train import TrainConfig, peak_rss_mib, train
+def _train_config(args):
+    from nlss_fenicsx.nn.train import TrainConfig
 
+    common = dict(pde=args.pde, K=args.K, r_max=args.rank, steps=args.steps,
+                  batch=args.batch, seed=args.seed, preset=args.preset, arch=args.arch,
+                  **({"N": args.N} if args.mesh is None else {}),
+                  **({"lr": args.lr} if args.lr is not None else {}),
+                  **({"ckpt_every": args.ckpt_every} if args.ckpt_every else {}))
+    if args.arch == "gnn":
+        if args.hidden is not None and len(args.hidden) != 1:
+            raise UsageError("--arch gnn takes --hidden WIDTH (one integer, the width of the "
+                             f"message-passing layers); got {','.join(map(str, args.hidden))}")
+        if args.loss not in (None, "twogrid"):
+            raise UsageError(f"--arch gnn trains on the two-grid loss; --loss {args.loss} "
+                             "does not apply")
+        if args.protocol != "code":
+            raise UsageError("--arch gnn trains on a fresh instance per step; --protocol "
+                             f"{args.protocol} does not apply")
+        return TrainConfig(loss="twogrid", **({"width": args.hidden[0]} if args.hidden
+                                              else {}), **common)
+    if args.loss == "twogrid":
+        raise UsageError("--loss twogrid is the GNN's (--arch gnn)")
+    return TrainConfig(loss=args.loss or "nlss", protocol=args.protocol,
+                       **({"hidden": args.hidden} if args.hidden else {}), **common)
+
+
+def _cmd_train(args, comm) -> int:
+    from nlss_fenicsx._atomic import check_destination
+
+    serial_only(comm, "train")
     if args.rank > args.K:
         raise UsageError(f"--rank must be <= --K, got rank {args.rank} > K {args.K}")
-    if args.arch == "gnn":
-        from nlss_fenicsx.nn.gnn import train_gnn_cli  # the GNN baseline
+    n = grid_n(args)
+    if n is not None and args.K > n:
+        raise UsageError(f"--K must be <= n = (N+1)^2 = {n}, got {args.K}")
+    if args.mesh is not None and not args.mesh.is_file():
+        raise UsageError(f"--mesh: mesh file not found: {args.mesh}")
+    stem = args.mesh.stem if args.mesh else f"N{args.N}"
+    tag = "gnn" if args.arch == "gnn" else args.loss or "nlss"
+    out = check_destination(args.out or Path(
+        f"models/{args.pde}_{stem}_K{args.K}_r{args.rank}_{tag}.pt"))
+    cfg = _train_config(args)
+    if n is not None:
+        hidden = args.hidden or ((488,) if args.arch == "gnn" else (128, 256, 256, 128))
+        check_memory(train_bytes(n, args.K, args.rank, hidden, arch=args.arch,
+                                 batch=args.batch), f"training at --N {args.N}")
+    sampler = None
+    if args.mesh is not None:
+        from nlss_fenicsx import meshes, pdes
 
-        return train_gnn_cli(args)
-    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
-    cfg = TrainConfig(pde=args.pde, N=args.N, K=args.K, r_max=args.rank, loss=args.loss,
-                      steps=args.steps, lr=1e-3 if args.lr is None else args.lr,
-                      batch=args.batch, seed=args.seed,
-                      protocol=args.protocol, preset=args.preset,
-                      **({"hidden": hidden} if hidden else {}),
-                      **({"ckpt_every": args.ckpt_every} if args.ckpt_every else {}))
-    out = args.out or Path(f"models/{args.pde}_N{args.N}_K{args.K}_r{args.rank}_{args.loss}.pt")
+        sampler = pdes.training_sampler(args.pde, meshes.read_msh(args.mesh), K=args.K,
+                                        sweeps=cfg.sweeps, omega=cfg.omega, seed=args.seed,
+                                        preset=args.preset, arch=args.arch)
+    from nlss_fenicsx.nn.train import peak_rss_mib, train
+
     t0 = time.perf_counter()
-    model = train(cfg, out, device=args.device, resume=not args.restart,
+    model = train(cfg, out, sampler=sampler, device=args.device, resume=not args.restart,
                   progress=not args.no_progress)
-    extra = model.metadata["extra"]
-    last = extra["history"][-1] if extra.get("history") else {}
-    print(f"wrote {out}: {model.num_parameters():,} parameters, step {model.step}, "
-          f"{extra.get('train_seconds', 0):.1f} s training "
-          f"({time.perf_counter() - t0:.1f} s wall), peak RSS {peak_rss_mib():.0f} MiB")
-    if last:
-        print("held-out captured-energy gap to SVD: " + ", ".join(
-            f"r={k.split('@')[1]}: {v:.4f}" for k, v in last.items() if k.startswith("gap")))
+    print(f"wrote {out}: {args.arch.upper()} {model.num_parameters():,} parameters, step "
+          f"{model.step}, {time.perf_counter() - t0:.1f} s wall, peak RSS "
+          f"{peak_rss_mib():.0f} MiB")
     return 0
 
 
-# --------------------------------------------------------------------------- energy
-def _cmd_energy(args) -> int:
+# --------------------------------------------------------------------------- energy, bench
+def _cmd_energy(args, comm) -> int:
+    from nlss_fenicsx._atomic import check_destination
+
+    serial_only(comm, "energy")
+    out = check_destination(args.out, kind="dir")
     from nlss_fenicsx.bench.energy import EnergyConfig, run_energy
 
-    pdes_ = FAMILIES if args.pde == "all" else (args.pde,)
-    for pde in pdes_:
+    for pde in FAMILIES if args.pde == "all" else (args.pde,):
         cfg = EnergyConfig(pde=pde, steps=args.steps, seed=args.seed,
                            n_train=args.n_train, n_test=args.n_test)
-        res = run_energy(cfg, args.out, progress=not args.no_progress)
+        res = run_energy(cfg, out, progress=not args.no_progress)
         print(f"{pde}: captured-energy gap to SVD (mean over {cfg.n_test} test samples)")
         print("   r   NLSS      subspace")
-        for r in (1, 2, 4, 8, 16, 24, 32):
-            if r <= cfg.K:
-                print(f"  {r:>2}  {res['losses']['nlss']['gap_mean'][r - 1]:.4f}    "
-                      f"{res['losses']['subspace']['gap_mean'][r - 1]:.4f}")
-        print(f"  wrote {Path(args.out) / f'energy_{pde}.png'} and energy_{pde}.json")
+        for r in (r for r in (1, 2, 4, 8, 16, 24, 32) if r <= cfg.K):
+            print(f"  {r:>2}  {res['losses']['nlss']['gap_mean'][r - 1]:.4f}    "
+                  f"{res['losses']['subspace']['gap_mean'][r - 1]:.4f}")
+        print(f"  wrote {out / f'energy_{pde}.png'} and energy_{pde}.json")
     return 0
 
 
-# --------------------------------------------------------------------------- bench
-def _ranks(text: str) -> list[int]:
-    try:
-        ranks = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")\
-            from None
-    if not ranks or min(ranks) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive ranks, got {text!r}")
-    return ranks
+def _cmd_bench(args, comm) -> int:
+    from nlss_fenicsx._atomic import check_destination
 
+    serial_only(comm, "bench")
+    out = check_destination(args.out, kind="dir")
+    from nlss_fenicsx.bench.harness import run_bench
+    from nlss_fenicsx.bench.scalability import run_scalability
 
-def _cmd_bench(args) -> int:
-    from nlss_fenicsx.bench.harness import run_bench, run_scalability
-
-    pdes_ = FAMILIES if args.pde == "all" else (args.pde,)
-    for pde in pdes_:
-        out = args.out / pde if args.pde == "all" else args.out
+    for pde in FAMILIES if args.pde == "all" else (args.pde,):
+        where = out / pde if args.pde == "all" else out
         if args.scalability:
-            res = run_scalability(pde, args.budget, out, progress=not args.no_progress)
-            print((out / "scalability.md").read_text())
+            run_scalability(pde, args.budget, where, resume=args.resume,
+                            progress=not args.no_progress)
+            print((where / "scalability.md").read_text())
             continue
-        res = run_bench(pde, args.budget, out, ranks=args.ranks, resume=args.resume,
+        res = run_bench(pde, args.budget, where, ranks=args.ranks, resume=args.resume,
                         progress=not args.no_progress)
-        print((out / "tables.md").read_text())
-        print(f"wrote {out}/results.json, tables.md and figures ({res['wall_s']:.0f} s)")
+        print((where / "tables.md").read_text())
+        print(f"wrote {where}/results.json, tables.md and figures ({res['wall_s']:.0f} s)")
     return 0
+
+
+# --------------------------------------------------------------------------- basis
+def _cmd_basis(args, comm) -> int:
+    from nlss_fenicsx._atomic import check_destination
+
+    serial_only(comm, "basis")
+    if args.kind == "nlss-family":
+        raise UsageError("--kind nlss-family is not available yet in this version; use sine "
+                         "or eig-ref")
+    n = grid_n(args)
+    if n is not None and args.rank > n:
+        raise UsageError(f"--rank must be <= n = (N+1)^2 = {n}, got {args.rank}")
+    out = check_destination(args.out or Path(
+        f"bases/{args.pde}_{args.mesh.stem if args.mesh else f'N{args.N}'}_{args.kind}"
+        f"_r{args.rank}.npz"))
+    if n is not None:
+        check_memory(solve_bytes(n, 0, 3 * args.rank), f"--N {args.N}")
+    from nlss_fenicsx import coarse
+
+    t0 = time.perf_counter()
+    meta = coarse.build_family_basis(args.kind, out, pde=args.pde, r_max=args.rank,
+                                     N=None if args.mesh else args.N, mesh=args.mesh,
+                                     preset=args.preset)
+    print(f"wrote {out}: {args.kind} basis, r_max {args.rank}, {meta.get('n', '?')} nodes, "
+          f"{args.pde} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+def _ranks(text: str) -> list[int]:
+    values = widths(text)  # comma-separated positive integers
+    return list(values)
+
+
+def _sub(sub, name: str, helptext: str, description: str, func):
+    p = sub.add_parser(name, help=helptext, description=textwrap.fill(description, 88),
+                       epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(func=func)
+    return p
+
+
+def _common(p, *, pde=FAMILIES, N_default=64, seed=True, mesh=False):
+    p.add_argument("--pde", choices=pde, default=None if N_default is None else pde[0],
+                   help="PDE family" + (" (default: the model's, else diffusion)"
+                                        if N_default is None else " (default %(default)s)"))
+    p.add_argument("--N", type=int_at_least(2), default=N_default,
+                   help="cells per side of the unit square" + (
+                       " (default: the model's, else 64)" if N_default is None
+                       else " (default %(default)s)"))
+    if mesh:
+        p.add_argument("--mesh", type=Path, default=None,
+                       help="a Gmsh .msh file of your own instead of the unit square")
+    if seed:
+        p.add_argument("--seed", type=int_at_least(0), default=0,
+                       help="random seed, >= 0 (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="nlss-fenicsx",
-        description="NeuraLSP learned two-grid preconditioning for FEniCSx/PETSc.",
-    )
+    """Build the ``nlss-fenicsx`` argument parser (cheap: imports nothing heavy)."""
+    parser = ArgParser(prog="nlss-fenicsx", epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                     description="NeuraLSP learned two-grid preconditioning for FEniCSx/PETSc.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a failure (also NLSS_FENICSX_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("mesh", help="write a jittered Delaunay mesh of the unit square (.msh)",
-                       description="Write the paper's jittered (N+1)^2-node Delaunay mesh "
-                                   "as a Gmsh .msh file.")
-    p.add_argument("--N", type=_int_at_least(2), default=64, help="cells per side (default 64)")
-    p.add_argument("--seed", type=int, default=0, help="jitter seed (default 0)")
-    p.add_argument("--jitter", type=_jitter, default=0.35, help="fraction of h (default 0.35)")
+    p = _sub(sub, "mesh", "write a jittered Delaunay mesh of the unit square (.msh)",
+             "Write the paper's jittered (N+1)^2-node Delaunay mesh as a Gmsh .msh file.",
+             _cmd_mesh)
+    p.add_argument("--N", type=int_at_least(2), default=64, help="cells per side (default 64)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="jitter seed (default 0)")
+    p.add_argument("--jitter", type=jitter, default=0.35,
+                   help="node jitter as a fraction of h, 0 <= jitter < 0.5 (default 0.35)")
     p.add_argument("--out", type=Path, default=None,
                    help="output file (default meshes/square_N{N}_s{seed}.msh)")
-    p.set_defaults(func=_cmd_mesh)
 
-    p = sub.add_parser("solve", help="sample one PDE instance and solve it with two-grid PCG",
-                       description="Sample a PDE instance, build the coarse space, solve with "
-                                   "PCG and print iterations and the time of each phase.")
-    p.add_argument("--pde", choices=FAMILIES, default="diffusion")
-    p.add_argument("--N", type=_int_at_least(2), default=64, help="cells per side (default 64)")
-    p.add_argument("--coarse", choices=("svd", "sa", "nlss", "subspace", "gnn"), default="svd",
-                   help="coarse space (default svd)")
-    p.add_argument("--rank", type=_int_at_least(1), default=48, help="coarse rank r")
-    p.add_argument("--K", type=_int_at_least(1), default=72, help="smoothed vectors K")
-    p.add_argument("--sweeps", type=_int_at_least(0), default=10, help="Jacobi sweeps for S")
-    p.add_argument("--nu", type=_int_at_least(0), default=5, help="pre/post smoothing sweeps")
-    p.add_argument("--omega", type=_positive_float, default=0.66, help="Jacobi weight")
-    p.add_argument("--rtol", type=_positive_float, default=1e-6, help="relative tolerance")
-    p.add_argument("--seed", type=int, default=0, help="seed of mesh, coefficients and S")
-    p.add_argument("--preset", choices=("default", "paper", "code"), default="default")
+    p = _sub(sub, "solve", "sample one PDE instance and solve it with two-grid PCG",
+             "Sample a PDE instance, build the coarse space, solve with PCG and print the "
+             "iterations and the time of each phase. With --model, the settings you do not "
+             "give (pde, N, K, sweeps, preset, rank = r_max) come from the checkpoint; one "
+             "that contradicts it is refused.", _cmd_solve)
+    _common(p, N_default=None, mesh=True)
+    p.add_argument("--coarse", choices=COARSE, default=None,
+                   help="coarse space (default: the model's kind with --model, else svd)")
+    p.add_argument("--model", type=Path, default=None, help="checkpoint of a learned model")
+    p.add_argument("--basis", type=Path, default=None, help="basis file for --coarse fixed")
+    p.add_argument("--rank", type=int_at_least(1), default=None,
+                   help="coarse rank r (default: the model's r_max, else 48)")
+    p.add_argument("--K", type=int_at_least(1), default=None,
+                   help="smoothed vectors (default: the model's, else 72)")
+    p.add_argument("--sweeps", type=int_at_least(0), default=None,
+                   help="Jacobi sweeps that make S (default: the model's, else 10)")
+    p.add_argument("--smoother", choices=("jacobi", "chebyshev", "sor"), default="jacobi",
+                   help="two-grid smoother (default jacobi, as the paper)")
+    p.add_argument("--nu", type=int_at_least(1, " (with no smoothing the two-grid operator "
+                                                "is singular)"), default=5,
+                   help="pre- and post-smoothing sweeps (default 5)")
+    p.add_argument("--omega", type=smoother_weight, default=None,
+                   help="Jacobi weight: auto (0.66 where safe) or 0 < omega < 2")
+    p.add_argument("--rtol", type=open_unit_interval, default=1e-6,
+                   help="relative residual tolerance, 0 < rtol < 1 (default 1e-6)")
+    p.add_argument("--preset", choices=("default", "paper", "code"), default=None,
+                   help="coefficient preset (default: the model's, else default)")
     p.add_argument("--path", choices=("petsc", "scipy"), default="petsc",
-                   help="PETSc TwoGridPC (native PCMG) or the SciPy reference (default petsc)")
-    p.add_argument("--model", type=Path, default=None, help="checkpoint for --coarse nlss")
-    p.set_defaults(func=_cmd_solve)
+                   help="PETSc TwoGridPC (default) or the serial SciPy reference")
 
-    p = sub.add_parser("train", help="train an NLSS (or subspace-loss) model",
-                       description="Train the NeuraLSP MLP on fresh random instances (the "
-                                   "authors' code protocol) or a fixed cached dataset. An "
-                                   "interrupted run resumes from its checkpoint.")
-    p.add_argument("--pde", choices=FAMILIES, default="diffusion")
-    p.add_argument("--N", type=_int_at_least(2), default=64, help="cells per side (default 64)")
-    p.add_argument("--K", type=_int_at_least(1), default=72, help="smoothed vectors (default 72)")
-    p.add_argument("--rank", type=_int_at_least(1), default=72,
-                   help="r_max, the rank trained for (default 72; truncate at solve time)")
-    p.add_argument("--loss", choices=("nlss", "subspace"), default="nlss")
+    p = _sub(sub, "train", "train an NLSS (or subspace-loss, or GNN) model",
+             "Train the NeuraLSP MLP (or the GNN baseline, --arch gnn) on fresh random "
+             "instances of the unit square or of your own mesh (--mesh). An interrupted run "
+             "resumes from its checkpoint; a diverging one stops at the first non-finite "
+             "loss and keeps the last good checkpoint. Off a terminal, progress is a line "
+             "every 10 % or 30 s.", _cmd_train)
+    _common(p, mesh=True)
+    p.add_argument("--K", type=int_at_least(1), default=72, help="smoothed vectors (default 72)")
+    p.add_argument("--rank", type=int_at_least(1), default=72,
+                   help="r_max, the largest rank (default 72; truncate at solve time)")
+    p.add_argument("--loss", choices=("nlss", "subspace"), default=None,
+                   help="MLP loss (default nlss; the GNN has its two-grid loss)")
     p.add_argument("--arch", choices=("mlp", "gnn"), default="mlp")
-    p.add_argument("--steps", type=_int_at_least(1), default=1000)
-    p.add_argument("--batch", type=_int_at_least(1), default=1)
-    p.add_argument("--lr", type=_positive_float, default=None,
+    p.add_argument("--steps", type=int_at_least(1), default=1000)
+    p.add_argument("--batch", type=int_at_least(1), default=1)
+    p.add_argument("--lr", type=positive_float, default=None,
                    help="Adam learning rate (default: the paper's, 1e-3 MLP, 1e-4 GNN)")
-    p.add_argument("--hidden", default=None,
-                   help="comma-separated hidden widths (default 128,256,256,128)")
+    p.add_argument("--hidden", type=widths, default=None,
+                   help="MLP hidden widths, e.g. 128,256,256,128; GNN: one width (488)")
     p.add_argument("--protocol", choices=("code", "dataset"), default="code",
-                   help="fresh instance per step (code) or fixed 1000/100 set (dataset)")
+                   help="fresh instance per step (code) or a fixed 1000/100 set (dataset)")
     p.add_argument("--preset", choices=("default", "paper", "code"), default="default")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--out", type=Path, default=None, help="checkpoint path (default models/...)")
-    p.add_argument("--ckpt-every", type=_int_at_least(1), default=None,
-                   help="checkpoint every this many steps (default 250); also on the last "
-                        "step and on Ctrl-C / SIGTERM")
+    p.add_argument("--ckpt-every", type=int_at_least(1), default=None,
+                   help="checkpoint every this many steps (default 250); also at the end and "
+                        "on Ctrl-C / SIGTERM")
     p.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_train)
+    p.add_argument("--no-progress", action="store_true", help="no progress output")
 
-    p = sub.add_parser("energy", help="captured-energy experiment (paper Figs. 3-5)",
-                       description="Train NLSS and subspace-loss models at N=9, K=32 to full "
-                                   "rank, truncate to r=1..32 and plot the captured-energy "
-                                   "gap to the exact SVD over the test set.")
+    p = _sub(sub, "energy", "captured-energy experiment (paper Figs. 3-5)",
+             "Train NLSS and subspace-loss models at N=9, K=32 to full rank, truncate to "
+             "r=1..32 and plot the captured-energy gap to the exact SVD over the test set.",
+             _cmd_energy)
     p.add_argument("--pde", choices=(*FAMILIES, "all"), default="all")
-    p.add_argument("--steps", type=_int_at_least(1), default=4000)
-    p.add_argument("--n-train", type=_int_at_least(1), default=1000)
-    p.add_argument("--n-test", type=_int_at_least(1), default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("results/energy"))
+    p.add_argument("--steps", type=int_at_least(1), default=4000)
+    p.add_argument("--n-train", type=int_at_least(1), default=1000)
+    p.add_argument("--n-test", type=int_at_least(1), default=100)
+    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--out", type=Path, default=Path("results/energy"), help="output folder")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_energy)
 
-    p = sub.add_parser("bench", help="the paper's tables and figures, with the peers",
-                       description="Train (or reuse cached) NLSS, Subspace and GNN models, "
-                                   "then time every two-grid method and the classical peers "
-                                   "on the test instances. Writes OUT/results.json, "
-                                   "OUT/tables.md and OUT/*.png.")
+    p = _sub(sub, "bench", "the paper's tables and figures, with the peers",
+             "Train (or reuse cached) NLSS, Subspace and GNN models, then time every two-grid "
+             "method and the classical peers on the test instances. Writes OUT/results.json, "
+             "OUT/tables.md and OUT/*.png; --resume continues a killed run.", _cmd_bench)
     p.add_argument("--pde", choices=(*FAMILIES, "all"), default="diffusion")
     p.add_argument("--budget", choices=("smoke", "standard", "paper"), default="smoke")
     p.add_argument("--ranks", type=_ranks, default=None,
-                   help="comma-separated coarse ranks (default: the budget's, 24,36,48,64)")
-    p.add_argument("--out", type=Path, default=Path("results/bench"))
+                   help="comma-separated coarse ranks (default: the budget's)")
+    p.add_argument("--out", type=Path, default=Path("results/bench"), help="output folder")
     p.add_argument("--resume", action="store_true",
-                   help="continue a killed run: keep the methods already in OUT/results.json")
+                   help="continue a killed run: keep what OUT/results.json holds")
     p.add_argument("--scalability", action="store_true",
-                   help="paper Table 4 / Fig. 6: N in 16..80, K=N, r=K/2, end-to-end times")
+                   help="paper Table 4 / Fig. 6: growing N, end-to-end times")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=_cmd_bench)
+
+    p = _sub(sub, "basis", "build a coarse basis once per family (for --coarse fixed)",
+             "Build a coarse basis once for a PDE family and mesh and write it for "
+             "`solve --coarse fixed --basis PATH` (PETSc option nlss_coarse fixed): sine "
+             "(the grid's lowest sine modes), eig-ref (a reference operator's lowest "
+             "eigenvectors), nlss-family (the NLSS loss over one basis; not yet available).",
+             _cmd_basis)
+    p.add_argument("--kind", choices=("sine", "eig-ref", "nlss-family"), required=True)
+    _common(p, mesh=True, seed=False)
+    p.add_argument("--rank", type=int_at_least(1), default=72,
+                   help="r_max, columns of the basis (default 72)")
+    p.add_argument("--preset", choices=("default", "paper", "code"), default="default")
+    p.add_argument("--out", type=Path, default=None, help="basis file (default bases/...)")
     return parser
 
 
+# --------------------------------------------------------------------------- main
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM: unwind as Ctrl-C does, so temporaries are removed
+
+
+def _run(args, comm) -> int:
+    with contextlib.ExitStack() as stack:
+        if comm is not None and comm.rank != 0:  # one writer of the output: rank 0
+            stack.enter_context(contextlib.redirect_stdout(
+                stack.enter_context(open(os.devnull, "w"))))
+        return int(args.func(args, comm) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Run ``nlss-fenicsx`` with ``argv``; return the exit status (see the epilog)."""
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("NLSS_FENICSX_DEBUG", "0") not in ("", "0")
+    comm = handshake = None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
-        return int(args.func(args) or 0)
-    except (UsageError, ValueError, FileNotFoundError) as err:
-        print(f"nlss-fenicsx {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except RuntimeError as err:  # e.g. a solve that did not converge
-        print(f"nlss-fenicsx {args.command}: failed: {err}", file=sys.stderr)
-        return 1
-    except Exception as err:
-        # petsc4py wraps errors raised inside the PC's Python callbacks: show their cause.
-        cause = err.__cause__
-        if isinstance(cause, ValueError | RuntimeError):
-            print(f"nlss-fenicsx {args.command}: error: {cause}", file=sys.stderr)
-            return 2 if isinstance(cause, ValueError) else 1
-        raise
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+        comm = mpi_world()
+        handshake = comm.Dup() if comm is not None else None  # for the error handshake only
+        return _run(args, comm)
+    except BaseException as err:
+        if not isinstance(err, Exception | KeyboardInterrupt):
+            raise  # SystemExit and the like
+        if debug:
+            traceback.print_exc()
+        code, line = (err.code, err.line) if isinstance(err, RemoteError) else classify(err)
+        if isinstance(err, KeyboardInterrupt) and comm is not None:
+            # mpiexec forwards Ctrl-C to every rank: rank 0 says it, no handshake.
+            return report(f"nlss-fenicsx {args.command}: {line}", code, None, None) \
+                if comm.rank == 0 else code
+        return report(f"nlss-fenicsx {args.command}: {line}", code, comm, handshake)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
