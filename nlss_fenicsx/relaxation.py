@@ -1,0 +1,533 @@
+"""Level smoothers with a convergence guarantee on any SPD matrix, and their weight rules.
+
+A smoother applied ``nu`` times to ``A x = b`` changes the error by an iteration matrix
+``G``; the two-grid operator of :class:`~nlss_fenicsx.twogrid.TwoGrid` is symmetric
+positive definite when the post-smoother is the ``A``-adjoint of the pre-smoother and
+``||G||_A < 1`` (then ``E = G* (I - P Ac^-1 P^T A) G`` has ``A``-norm below 1, so
+``B = (I - E) A^-1`` is SPD). The three smoothers here are each ``A``-self-adjoint, so the
+same smoother before and after the coarse correction is its own adjoint:
+
+``jacobi``
+    ``x <- x + omega D^-1 (b - A x)``, ``G = I - omega D^-1 A``. ``||G||_A < 1`` iff
+    ``0 < omega < 2 / lambda_max(D^-1 A)``. The weight comes from :func:`jacobi_weight`
+    on an estimate of ``lambda_max(D^-1 A)`` (:func:`lambda_max_estimate`): the paper's
+    ``omega = 0.66`` wherever it is safe (on the paper's three families
+    ``lambda_max(D^-1 A)`` is about 2.1-2.4, so it is), ``4 / (3 lambda_hi)`` otherwise.
+``chebyshev``
+    The Chebyshev polynomial of degree ``nu`` in ``D^-1 A`` that is smallest on the
+    interval :func:`chebyshev_interval` (PETSc's default targets: ``0.1`` and ``1.1``
+    times the estimate). ``|p(lambda)| < 1`` on all of ``(0, hi]``, so ``||G||_A < 1``
+    whenever ``hi >= lambda_max``.
+``sor``
+    Symmetric SOR: each sweep is a forward then a backward SOR sweep,
+    ``G = (I - (D/omega + U)^-1 A)(I - (D/omega + L)^-1 A)``, ``||G||_A < 1`` for any SPD
+    ``A`` and ``0 < omega < 2`` (Ostrowski-Reich); no estimate is needed.
+
+The estimate is the largest Ritz value of a few Lanczos steps on ``D^-1/2 A D^-1/2``:
+it never exceeds ``lambda_max`` (it comes from below), so every rule first raises it by
+``SAFETY = 1.1`` (as PETSc's Chebyshev smoother does). Sources: Saad, *Iterative Methods
+for Sparse Linear Systems*, 2nd ed., sections 6.6 (Lanczos), 4.1 (Jacobi, SOR, SSOR) and
+12.3 (Chebyshev); Briggs, Henson and McCormick, *A Multigrid Tutorial*, ch. 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import scipy.linalg as sla
+
+from nlss_fenicsx._checks import check_int, matrix_entries
+
+__all__ = [
+    "PAPER_OMEGA",
+    "SAFETY",
+    "SMOOTHERS",
+    "Smoother",
+    "chebyshev_interval",
+    "inverse_diagonal",
+    "jacobi_weight",
+    "lambda_max_estimate",
+    "sor_weight",
+    "start_vector",
+]
+
+SMOOTHERS = ("jacobi", "chebyshev", "sor")
+PAPER_OMEGA = 0.66
+# Lanczos approaches lambda_max from below: every rule uses SAFETY * estimate.
+SAFETY = 1.1
+# Chebyshev targets [CHEB_LOWER * est, SAFETY * est] of D^-1 A (PETSc's defaults).
+CHEB_LOWER = 0.1
+
+
+def inverse_diagonal(A, *, dtype=np.float64) -> np.ndarray:
+    """Return ``1 / diag(A)`` after checking that the diagonal is positive and finite.
+
+    Parameters
+    ----------
+    A : scipy.sparse matrix or array, or numpy.ndarray, shape (n, n) or (n_local, n)
+        Matrix whose diagonal drives a Jacobi-type smoother (a row block of a distributed
+        matrix is fine: its diagonal is read from the square part, ``A[i, i]``).
+    dtype : numpy floating dtype, optional
+        dtype of the returned vector.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,) or (n_local,)
+        The inverse diagonal ``D^-1``.
+
+    Raises
+    ------
+    ValueError
+        If any diagonal entry is nonpositive or not finite (an SPD matrix has none).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> inverse_diagonal(np.diag([2.0, 4.0]))
+    array([0.5 , 0.25])
+    """
+    diag = np.asarray(A.diagonal(), dtype=np.float64)
+    bad = ~np.isfinite(diag) | (diag <= 0.0)
+    if np.any(bad):
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            "expected a positive, finite diagonal of A (Jacobi needs D > 0), got "
+            f"{int(bad.sum())} bad entries, first A[{i}, {i}] = {float(diag[i])!r}"
+        )
+    return (1.0 / diag).astype(dtype, copy=False)
+
+
+def start_vector(n: int, lo: int = 0, hi: int | None = None, *, seed: int = 0) -> np.ndarray:
+    """Rows ``lo:hi`` of a fixed pseudo-random start vector of length ``n``.
+
+    Entry ``i`` depends on ``i`` and ``seed`` only, so every partition of the rows over
+    MPI ranks sees the same global vector (and the same Lanczos estimate).
+
+    Parameters
+    ----------
+    n : int
+        Global length.
+    lo, hi : int, optional
+        This rank's row range (default: all rows).
+    seed : int, optional
+        Selects the vector.
+
+    Returns
+    -------
+    numpy.ndarray, shape (hi - lo,), float64, entries in (-1, 1)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> full = start_vector(10)
+    >>> bool(np.array_equal(np.r_[start_vector(10, 0, 4), start_vector(10, 4, 10)], full))
+    True
+    """
+    seed = check_int("seed", seed, 0)
+    hi = n if hi is None else hi
+    i = np.arange(lo, hi, dtype=np.uint64)
+    # A 64-bit integer hash (splitmix64) of (seed, i): exact, the same on every machine.
+    with np.errstate(over="ignore"):  # unsigned arithmetic wraps modulo 2^64, as meant
+        z = i + np.uint64(0x9E3779B97F4A7C15) * np.uint64(seed + 1)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z ^= z >> np.uint64(31)
+    return (z >> np.uint64(11)).astype(np.float64) * (2.0 / 2.0**53) - 1.0
+
+
+def lambda_max_estimate(
+    matvec: Callable[[np.ndarray], np.ndarray],
+    Dinv,
+    x0,
+    *,
+    dot: Callable[[np.ndarray, np.ndarray], float] | None = None,
+    steps: int = 12,
+) -> float:
+    """Estimate ``lambda_max(D^-1 A)`` of an SPD ``A`` with a few Lanczos steps.
+
+    Lanczos on the symmetric ``C = D^-1/2 A D^-1/2`` (similar to ``D^-1 A``), started
+    from ``x0``; the result is the largest eigenvalue of the ``steps x steps``
+    tridiagonal matrix. This Ritz value lies in the spectrum's hull, so it approaches
+    ``lambda_max`` **from below**; on the test matrices of this package (P1 diffusion,
+    anisotropic, screened Poisson, random SPD, hexahedral-like spectra) 12 steps are
+    within 5 % of it, which :data:`SAFETY` covers. Stops early (exactly) when the Krylov
+    space becomes invariant.
+
+    Comm-agnostic: ``matvec`` and ``dot`` are the only operations on vectors, so a
+    distributed caller passes its local product and an all-reduced dot product, and every
+    rank returns the same value (every check below goes through ``dot``, so it is
+    collective too).
+
+    Parameters
+    ----------
+    matvec : callable
+        ``x_local -> (A x)_local``, shape ``(n_local,)`` to ``(n_local,)``.
+    Dinv : array_like, shape (n_local,)
+        This rank's rows of ``D^-1`` (positive, e.g. from :func:`inverse_diagonal`).
+    x0 : array_like, shape (n_local,)
+        This rank's rows of a nonzero start vector (e.g. :func:`start_vector`).
+    dot : callable, optional
+        ``(u_local, v_local) -> global float`` (default :func:`numpy.dot`, serial).
+    steps : int, optional
+        Lanczos steps, i.e. products with ``A`` (default 12).
+
+    Returns
+    -------
+    float
+        The estimate, ``0 < estimate <= lambda_max(D^-1 A)`` (up to rounding).
+
+    Raises
+    ------
+    ValueError
+        If ``Dinv`` is not positive and finite, ``x0`` is zero or not finite, ``steps < 1``,
+        or ``matvec`` returns NaN/Inf; or if the estimate is not positive (``A`` is not
+        SPD).
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> A = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(100, 100), format="csr")
+    >>> lam = lambda_max_estimate(A.__matmul__, 1 / A.diagonal(), start_vector(100))
+    >>> exact = 1 + np.cos(np.pi / 101)  # lambda_max(D^-1 A) of the 1-D Laplacian
+    >>> bool(0.95 * exact < lam <= exact)
+    True
+    """
+    steps = check_int("steps", steps, 1)
+    if dot is None:
+
+        def dot(u, v):
+            return float(np.dot(u, v))
+
+    Dinv = np.asarray(Dinv, dtype=np.float64).reshape(-1)
+    v = np.array(x0, dtype=np.float64).reshape(-1)
+    if v.shape != Dinv.shape:
+        raise ValueError(f"expected x0 of shape {Dinv.shape} to match Dinv, got {v.shape}")
+    # Counted through dot, so that every rank sees the same (global) numbers.
+    bad = (~np.isfinite(Dinv) | (Dinv <= 0.0)).astype(np.float64)
+    nbad = dot(bad, bad)
+    if nbad:
+        raise ValueError(f"expected a positive, finite Dinv, got {int(nbad)} bad entries")
+    finite = np.isfinite(v)
+    v[~finite] = 0.0
+    nnonfinite = dot(1.0 - finite, 1.0 - finite)
+    norm = np.sqrt(dot(v, v))
+    if nnonfinite or not norm > 0.0:
+        raise ValueError("expected a nonzero, finite start vector x0")
+    h = np.sqrt(Dinv)
+    v /= norm
+    v_prev = np.zeros_like(v)
+    alphas: list[float] = []
+    betas: list[float] = []
+    beta = 0.0
+    for _ in range(steps):
+        w = h * np.asarray(matvec(h * v), dtype=np.float64).reshape(-1)
+        with np.errstate(invalid="ignore", over="ignore"):  # reported below, on every rank
+            alpha = dot(v, w)
+            w -= alpha * v
+            w -= beta * v_prev
+            beta = np.sqrt(max(dot(w, w), 0.0))
+        if not (np.isfinite(alpha) and np.isfinite(beta)):
+            raise ValueError("the product with A returned NaN or Inf (expected a finite A)")
+        alphas.append(alpha)
+        if beta <= 1e-12 * max(abs(alpha), 1e-300):  # invariant subspace: exact
+            break
+        betas.append(beta)
+        v_prev, v = v, w / beta
+    theta = float(
+        sla.eigvalsh_tridiagonal(
+            np.array(alphas), np.array(betas[: len(alphas) - 1])
+        ).max()
+    )
+    if not theta > 0.0:
+        raise ValueError(
+            f"expected an SPD A, got a Lanczos estimate lambda_max(D^-1 A) = {theta:.3e} <= 0"
+        )
+    return theta
+
+
+def _positive_estimate(lam_max) -> float:
+    lam = float(lam_max)
+    if not (np.isfinite(lam) and lam > 0.0):
+        raise ValueError(f"expected a finite estimate lambda_max > 0, got {lam_max!r}")
+    return lam
+
+
+def _explicit_weight(omega) -> float:
+    if isinstance(omega, bool) or not isinstance(omega, int | float | np.number):
+        raise ValueError(f"expected omega to be 'auto' or a number, got {omega!r}")
+    w = float(omega)
+    if not (np.isfinite(w) and w > 0.0):
+        raise ValueError(f"expected a finite omega > 0, got omega = {omega!r}")
+    return w
+
+
+def jacobi_weight(omega, lam_max: float) -> tuple[float, str]:
+    """Choose the damped-Jacobi weight, and say why in one line.
+
+    With ``lam_hi = SAFETY * lam_max``, a weight is *safe* when ``omega * lam_hi < 2``
+    (then ``||I - omega D^-1 A||_A < 1`` even if the estimate is 10 % low).
+
+    Parameters
+    ----------
+    omega : "auto" or float
+        ``"auto"``: the paper's 0.66 when it is safe, else ``4 / (3 lam_hi)`` (the weight
+        that damps the upper half of the spectrum by at least 3, as PyAMG's
+        prolongation smoother uses). A float: used if safe, refused otherwise.
+    lam_max : float
+        Estimate of ``lambda_max(D^-1 A)`` (:func:`lambda_max_estimate`).
+
+    Returns
+    -------
+    weight : float
+    why : str
+        One line for logs and ``-ksp_view``.
+
+    Raises
+    ------
+    ValueError
+        If ``omega`` is neither ``"auto"`` nor a finite positive number, if ``lam_max`` is
+        not finite and positive, or if an explicit ``omega`` is unsafe (the message names
+        ``omega``, the estimate and the bound).
+
+    Examples
+    --------
+    >>> jacobi_weight("auto", 2.0)[0]
+    0.66
+    >>> round(jacobi_weight("auto", 3.1)[0], 4)  # hexahedral elasticity: 0.66 would diverge
+    0.391
+    >>> jacobi_weight(0.66, 3.1)
+    Traceback (most recent call last):
+    ...
+    ValueError: omega = 0.66 is unsafe for this matrix: lambda_max(D^-1 A) is estimated at \
+3.1, so damped Jacobi needs omega < 2 / (1.1 * 3.1) = 0.5865; use omega = 'auto'
+    """
+    lam = _positive_estimate(lam_max)
+    hi = SAFETY * lam
+    if isinstance(omega, str):
+        if omega != "auto":
+            raise ValueError(f"expected omega to be 'auto' or a number, got {omega!r}")
+        if PAPER_OMEGA * hi < 2.0:
+            return PAPER_OMEGA, (
+                f"omega = 0.66 (the paper's): safe, 0.66 * {SAFETY} * lambda_max(D^-1 A) = "
+                f"{PAPER_OMEGA * hi:.3f} < 2 with lambda_max ~ {lam:.4g}"
+            )
+        w = 4.0 / (3.0 * hi)
+        return w, (
+            f"omega = {w:.4g} = 4 / (3 * {SAFETY} * lambda_max(D^-1 A)) with lambda_max ~ "
+            f"{lam:.4g}: the paper's 0.66 would diverge (0.66 * {SAFETY} * {lam:.4g} = "
+            f"{PAPER_OMEGA * hi:.3f} >= 2)"
+        )
+    w = _explicit_weight(omega)
+    if not w * hi < 2.0:
+        raise ValueError(
+            f"omega = {w:g} is unsafe for this matrix: lambda_max(D^-1 A) is estimated at "
+            f"{lam:.4g}, so damped Jacobi needs omega < 2 / ({SAFETY} * {lam:.4g}) = "
+            f"{2.0 / hi:.4g}; use omega = 'auto'"
+        )
+    return w, (f"omega = {w:g} (given): safe, {w:g} * {SAFETY} * lambda_max(D^-1 A) = "
+               f"{w * hi:.3f} < 2 with lambda_max ~ {lam:.4g}")
+
+
+def sor_weight(omega) -> tuple[float, str]:
+    """Choose the SSOR weight, and say why: ``"auto"`` is 1 (symmetric Gauss-Seidel).
+
+    Raises
+    ------
+    ValueError
+        Unless ``omega`` is ``"auto"`` or a number with ``0 < omega < 2`` (the range where
+        SOR converges for every SPD matrix).
+
+    Examples
+    --------
+    >>> sor_weight("auto")[0], sor_weight(1.5)[0]
+    (1.0, 1.5)
+    """
+    if isinstance(omega, str):
+        if omega != "auto":
+            raise ValueError(f"expected omega to be 'auto' or a number, got {omega!r}")
+        return 1.0, "omega = 1 (symmetric Gauss-Seidel): converges for any SPD A"
+    w = _explicit_weight(omega)
+    if not w < 2.0:
+        raise ValueError(f"expected 0 < omega < 2 for SOR (convergent for any SPD A), "
+                         f"got omega = {w:g}")
+    return w, f"omega = {w:g} (given): 0 < omega < 2, convergent for any SPD A"
+
+
+def chebyshev_interval(lam_max: float) -> tuple[float, float]:
+    """Return the interval ``(lo, hi)`` of ``D^-1 A`` that the Chebyshev smoother damps.
+
+    ``lo = 0.1 lam_max``, ``hi = SAFETY * lam_max`` (PETSc's default targets for its
+    Chebyshev smoother). Pass them to PETSc as ``ksp_chebyshev_eigenvalues lo,hi``.
+
+    Raises
+    ------
+    ValueError
+        If ``lam_max`` is not finite and positive.
+
+    Examples
+    --------
+    >>> chebyshev_interval(2.0)
+    (0.2, 2.2)
+    """
+    lam = _positive_estimate(lam_max)
+    return CHEB_LOWER * lam, SAFETY * lam
+
+
+class Smoother:
+    """``nu`` sweeps of a convergent smoother on ``A x = b`` (set up once, applied many).
+
+    Parameters
+    ----------
+    A : scipy.sparse matrix or array, or numpy.ndarray, shape (n, n)
+        SPD matrix (positive finite diagonal).
+    kind : {"jacobi", "chebyshev", "sor"}, optional
+        See the module docstring (default ``"jacobi"``, as in the paper).
+    nu : int, optional
+        Sweeps per application (default 5, the paper's); for ``chebyshev`` the polynomial
+        degree, for ``sor`` the number of symmetric (forward + backward) sweeps.
+    omega : "auto" or float, optional
+        Weight for ``jacobi`` (:func:`jacobi_weight`) and ``sor`` (:func:`sor_weight`);
+        must be ``"auto"`` for ``chebyshev``.
+    lam_max : float, optional
+        A known estimate of ``lambda_max(D^-1 A)``; computed with
+        :func:`lambda_max_estimate` (12 steps from :func:`start_vector`) when needed and
+        not given.
+    seed : int, optional
+        Selects the Lanczos start vector.
+
+    Attributes
+    ----------
+    kind, nu : as given.
+    omega : float or None
+        The weight used (None for ``chebyshev``).
+    lam_max : float or None
+        The estimate used (None for ``sor``).
+    interval : tuple of float or None
+        ``(lo, hi)`` for ``chebyshev``.
+    why : str
+        One line: which weight or interval, and why.
+
+    Raises
+    ------
+    ValueError
+        On an unknown ``kind``, ``nu < 1``, a bad or unsafe ``omega``, or a bad ``A``.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp
+    >>> A = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(50, 50), format="csr")
+    >>> sm = Smoother(A, "chebyshev", nu=3)
+    >>> x = sm.smooth(np.ones(50))
+    >>> bool(np.linalg.norm(1 - A @ x) < np.sqrt(50))  # the residual went down
+    True
+    """
+
+    def __init__(self, A, kind: str = "jacobi", *, nu: int = 5, omega="auto",
+                 lam_max: float | None = None, seed: int = 0):
+        if kind not in SMOOTHERS:
+            raise ValueError(f"Unrecognized smoother {kind!r}; expected one of {SMOOTHERS}")
+        self.kind = kind
+        self.nu = check_int("nu", nu, 1)
+        A = matrix_entries(A, csr=True)
+        self.A = A
+        self._Dinv = inverse_diagonal(A)
+        self.omega: float | None = None
+        self.lam_max: float | None = None
+        self.interval: tuple[float, float] | None = None
+        if kind == "sor":
+            self.omega, self.why = sor_weight(omega)
+            # PyAMG's compiled sweeps take 32-bit indices.
+            self._csr32 = (A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data)
+            return
+        if kind == "chebyshev" and omega != "auto":
+            raise ValueError(f"expected omega = 'auto' for the chebyshev smoother (its "
+                             f"weights come from the interval), got omega = {omega!r}")
+        if lam_max is None:
+            lam_max = lambda_max_estimate(A.__matmul__, self._Dinv,
+                                          start_vector(A.shape[0], seed=seed))
+        self.lam_max = _positive_estimate(lam_max)
+        if kind == "jacobi":
+            self.omega, self.why = jacobi_weight(omega, self.lam_max)
+            self._wDinv = self.omega * self._Dinv
+        else:
+            self.interval = chebyshev_interval(self.lam_max)
+            lo, hi = self.interval
+            self.why = (f"Chebyshev degree {self.nu} on [{lo:.4g}, {hi:.4g}] = "
+                        f"[{CHEB_LOWER}, {SAFETY}] x lambda_max(D^-1 A) ~ {self.lam_max:.4g}")
+
+    def smooth(self, b, x=None, *, nu: int | None = None) -> np.ndarray:
+        """``nu`` sweeps on ``A x = b`` from ``x`` (zero if None); returns the new ``x``.
+
+        Parameters
+        ----------
+        b : numpy.ndarray, shape (n,) or (n, m)
+            Right-hand side(s).
+        x : numpy.ndarray, same shape as ``b``, optional
+            Start (not modified).
+        nu : int, optional
+            Sweeps (default ``self.nu``); 0 returns ``x`` (or zeros).
+
+        Returns
+        -------
+        numpy.ndarray, same shape as ``b``, float64
+        """
+        nu = self.nu if nu is None else nu
+        b = np.asarray(b, dtype=np.float64)
+        zero = x is None
+        x = np.zeros_like(b) if zero else np.array(x, dtype=np.float64)
+        if nu == 0:
+            return x
+        if self.kind == "jacobi":
+            return self._jacobi(b, x, nu, zero)
+        if self.kind == "chebyshev":
+            return self._chebyshev(b, x, nu, zero)
+        if b.ndim == 2:
+            return np.column_stack([self._ssor(b[:, j], x[:, j], nu) for j in range(b.shape[1])])
+        return self._ssor(b, x, nu)
+
+    def _scale(self, v: np.ndarray, d: np.ndarray) -> np.ndarray:
+        return d[:, None] * v if v.ndim == 2 else d * v
+
+    def _residual(self, b, x, zero: bool) -> np.ndarray:
+        return b.copy() if zero else b - self.A @ x
+
+    def _jacobi(self, b, x, nu, zero):
+        for k in range(nu):
+            # The first sweep from x = 0 needs no product with A.
+            x += self._scale(self._residual(b, x, zero and k == 0), self._wDinv)
+        return x
+
+    def _chebyshev(self, b, x, nu, zero):
+        # Saad, Algorithm 12.1 with the preconditioner D^-1: after nu steps the error is
+        # T_nu((theta - D^-1 A) / delta) / T_nu(theta / delta) times the initial error.
+        lo, hi = self.interval
+        theta, delta = 0.5 * (hi + lo), 0.5 * (hi - lo)
+        sigma = theta / delta
+        rho = 1.0 / sigma
+        r = self._residual(b, x, zero)
+        d = self._scale(r, self._Dinv) / theta
+        for k in range(nu):
+            x += d
+            if k == nu - 1:
+                break
+            r -= self.A @ d
+            rho_new = 1.0 / (2.0 * sigma - rho)
+            d = (rho_new * rho) * d + (2.0 * rho_new / delta) * self._scale(r, self._Dinv)
+            rho = rho_new
+        return x
+
+    def _ssor(self, b, x, nu):
+        from pyamg import amg_core  # compiled SOR sweeps (PyAMG is a dependency)
+
+        indptr, indices, data = self._csr32
+        w, n = self.omega, self.A.shape[0]
+        x = np.ascontiguousarray(x)
+        b = np.ascontiguousarray(b)
+        for _ in range(nu):
+            amg_core.sor_gauss_seidel(indptr, indices, data, x, b, 0, n, 1, w)
+            amg_core.sor_gauss_seidel(indptr, indices, data, x, b, n - 1, -1, -1, w)
+        return x
+
+    def __repr__(self) -> str:
+        return f"Smoother({self.kind!r}, nu={self.nu}: {self.why})"
