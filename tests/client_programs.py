@@ -148,6 +148,7 @@ class Solve:
     reason: int
     seconds: float
     pc: Any = None  # the python context, for TwoGridPC (set-up timings, P)
+    problem: Any = None  # the LinearProblem or KSP that solved it
 
     @property
     def converged(self) -> bool:
@@ -461,10 +462,11 @@ def _pc_context(ksp):
     return pc.getPythonContext()
 
 
-def solve(program: Program, options: dict, *, rtol: float = 1e-10) -> Solve:
+def solve(program: Program, options: dict, *, rtol: float = 1e-10, prepare=None) -> Solve:
     """Solve ``program`` with a dolfinx ``LinearProblem`` and the PETSc ``options``.
 
-    The (near-)nullspace is attached to ``problem.A`` before ``solve()``, as a user would.
+    The (near-)nullspace is attached to ``problem.A`` before ``solve()``, as a user would;
+    ``prepare(problem)`` then runs (e.g. to attach the node order for the learned route).
     Programs with a nullspace need b made consistent after assembly: use :func:`ksp_solve`.
     Raises nothing on non-convergence: the caller checks :attr:`Solve.converged`.
     """
@@ -477,12 +479,14 @@ def solve(program: Program, options: dict, *, rtol: float = 1e-10) -> Solve:
                             petsc_options_prefix=_prefix(program.name),
                             petsc_options=krylov(options, rtol))
     attach_nullspaces(program, problem.A)
+    if prepare is not None:
+        prepare(problem)
     t0 = time.perf_counter()
     problem.solve()
     seconds = time.perf_counter() - t0
     ksp = problem.solver
     return Solve(problem.x.getArray().copy(), ksp.getIterationNumber(),
-                 ksp.getConvergedReason(), seconds, _pc_context(ksp))
+                 ksp.getConvergedReason(), seconds, _pc_context(ksp), problem)
 
 
 def assemble_system(program: Program):
@@ -547,18 +551,18 @@ def ksp_solve(program: Program, options: dict, *, rtol: float = 1e-10,
     t0 = time.perf_counter()
     ksp.solve(b, x)
     seconds = time.perf_counter() - t0
-    out = Solve(x.getArray().copy(), ksp.getIterationNumber(), ksp.getConvergedReason(),
-                seconds, _pc_context(ksp))
-    ksp.destroy()
-    return out
+    return Solve(x.getArray().copy(), ksp.getIterationNumber(), ksp.getConvergedReason(),
+                 seconds, _pc_context(ksp), ksp)
 
 
-def heat_run(program: Program, options: dict, *, rtol: float = 1e-10) -> list[Solve]:
+def heat_run(program: Program, options: dict, *, rtol: float = 1e-10,
+             timings: dict | None = None) -> list[Solve]:
     """The tutorial's time loop: A assembled once, one KSP reused for every step.
 
     Each step assembles b from u_n, solves, and copies the solution into u_n. Returns one
     :class:`Solve` per step (the KSP's python PC context is the same object in all).
     The program's u_n is reset to the initial condition first, so runs are repeatable.
+    ``timings``: a dict that receives ``setup`` (seconds of ``KSPSetUp``, before the loop).
     """
     import dolfinx.fem.petsc as fem_petsc
 
@@ -569,6 +573,10 @@ def heat_run(program: Program, options: dict, *, rtol: float = 1e-10) -> list[So
     A.assemble()
     b = fem_petsc.create_vector(L.function_spaces)
     ksp = make_ksp(A, options, rtol=rtol)
+    t0 = time.perf_counter()
+    ksp.setUp()
+    if timings is not None:
+        timings["setup"] = time.perf_counter() - t0
     uh = dolfinx.fem.Function(program.V)
     out = []
     for _ in range(program.extra["steps"]):
