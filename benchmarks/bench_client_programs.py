@@ -177,7 +177,6 @@ def measure_heat(program, options: dict, *, rtol: float, repeat: int, x_ref):
 
 
 def run_program(name: str, kwargs: dict, methods, args, log) -> dict:
-    from nlss_fenicsx import la
     from nlss_fenicsx._fenicsx import MPI
     from nlss_fenicsx.bench.report import error_line
     from tests import client_programs as cp
@@ -202,6 +201,8 @@ def run_program(name: str, kwargs: dict, methods, args, log) -> dict:
         model = None
         try:
             if method == "nlss":
+                from nlss_fenicsx import la
+
                 model = str(args.model) if args.model else str(disk_model(
                     program, args.out, steps=args.nlss_steps, K=args.nlss_K,
                     r_max=args.nlss_rank, log=log))
@@ -261,11 +262,16 @@ def markdown(results: dict) -> str:
                 cells.append(f"{its}{r['setup_ms']:.1f} + {r['solve_ms']:.1f}{flag}")
         lines.append(f"| {name} | {rec['n']} | " + " | ".join(cells) + " |")
     errs = [(name, m, r["error"]) for name, rec in results["programs"].items()
-            for m, r in rec["methods"].items() if "error" in r]
+            for m, r in rec["methods"].items() if "error" in r and r["reason"] > 0]
     if errs:
         worst = max(errs, key=lambda e: e[2])
-        lines += ["", f"Largest relative difference from LU: {worst[2]:.1e} ({worst[0]}, "
-                      f"{worst[1]})."]
+        lines += ["", f"Largest relative difference from LU of a converged solve: "
+                      f"{worst[2]:.1e} ({worst[0]}, {worst[1]})."]
+    bad = [f"{name} {m} (reason {r['reason']}, difference from LU {r['error']:.1e})"
+           for name, rec in results["programs"].items() for m, r in rec["methods"].items()
+           if "reason" in r and r["reason"] <= 0 and "error" in r]
+    if bad:
+        lines += ["", "Not converged: " + "; ".join(bad) + "."]
     return "\n".join(lines) + "\n"
 
 
