@@ -11,8 +11,8 @@ import numpy as np
 
 from nlss_fenicsx._atomic import atomic_path
 
-__all__ = ["PHASES", "error_line", "json_default", "run_one", "summarize", "write_atomic",
-           "write_json"]
+__all__ = ["PHASES", "error_line", "json_default", "run_one", "savefig_atomic", "stats_ms",
+           "summarize", "write_atomic", "write_json"]
 
 PHASES = ("smoothing", "inference", "setup", "solve", "total")
 
@@ -30,8 +30,11 @@ def error_line(err: BaseException, _seen: set | None = None) -> str:
 
 
 def run_one(system, spec, **given) -> dict:
-    """One timed solve (:func:`~nlss_fenicsx.bench.methods.run_method`) as a JSON-ready
-    dict; a failure is caught and recorded as ``{"ok": False, "error": ...}``."""
+    """Run one timed solve and return it as a JSON-ready dict.
+
+    Calls :func:`~nlss_fenicsx.bench.methods.run_method`; a failure is caught and recorded
+    as ``{"ok": False, "error": one line, "error_detail": message}``, so a benchmark goes on.
+    """
     from nlss_fenicsx.bench.methods import run_method
 
     gc.collect()
@@ -49,17 +52,40 @@ def run_one(system, spec, **given) -> dict:
     return d
 
 
-def summarize(records: list[dict]) -> dict:
-    """Median (ms) of each phase, Q1/Q3 of each phase, median iterations, over successes."""
+def stats_ms(values_s) -> dict:
+    """Median, Q1, Q3, mean and sample standard deviation of seconds, in ms.
+
+    Examples
+    --------
+    >>> s = stats_ms([0.001, 0.002, 0.003])
+    >>> s["ms"], s["mean_ms"], round(s["std_ms"], 3)
+    (2.0, 2.0, 1.0)
+    """
+    vals = 1e3 * np.asarray(values_s, dtype=float)
+    q1, med, q3 = np.percentile(vals, [25, 50, 75])
+    std = float(np.std(vals, ddof=1)) if vals.size > 1 else 0.0
+    return {"ms": float(med), "q1_ms": float(q1), "q3_ms": float(q3),
+            "mean_ms": float(np.mean(vals)), "std_ms": std}
+
+
+def summarize(records: list[dict], phases=PHASES) -> dict:
+    """Statistics over the successful records of one method.
+
+    For every phase ``p`` in ``phases``: ``p_ms`` (median), ``p_q1_ms``, ``p_q3_ms``,
+    ``p_mean_ms`` and ``p_std_ms`` (sample standard deviation, as the paper's StDev);
+    ``iterations`` (median), ``iterations_q1``/``_q3``, ``coarse_size`` (median),
+    ``n_ok``, ``n_failed`` and the distinct ``errors`` of the failures. A ``once`` phase
+    (work cached per mesh) is summarised when present.
+    """
     ok = [r for r in records if r.get("ok")]
     out = {"n_ok": len(ok), "n_failed": len(records) - len(ok)}
     if not ok:
         out["errors"] = sorted({r["error"] for r in records if "error" in r})
         return out
-    for ph in PHASES:
-        vals = [1e3 * r["phases"][ph] for r in ok]
-        q1, med, q3 = np.percentile(vals, [25, 50, 75])
-        out[f"{ph}_ms"], out[f"{ph}_q1_ms"], out[f"{ph}_q3_ms"] = float(med), float(q1), float(q3)
+    extra = ("once",) if all("once" in r["phases"] for r in ok) else ()
+    for ph in (*phases, *extra):
+        for key, value in stats_ms([r["phases"][ph] for r in ok]).items():
+            out[f"{ph}_{key}"] = value
     its = [r["iterations"] for r in ok]
     out["iterations"] = float(np.median(its))
     out["iterations_q1"], out["iterations_q3"] = (float(q) for q in np.percentile(its, [25, 75]))
