@@ -1,38 +1,26 @@
-"""The GNN baseline (Luz et al. 2020 style): a message-passing network on the graph of ``A``.
+r"""The GNN baseline (Luz et al. 2020 style): a message-passing network on the graph of ``A``.
 
 The paper compares NeuraLSP with a graph neural network trained on the loss of Luz et al.
-(2020), the two-grid error-propagation norm :math:`\\|S_J C S_J\\|_F^2` (Jacobi smoother
-:math:`S_J`, Galerkin coarse correction :math:`C`). Following the authors' code, the GNN
-sees the rows of ``S`` as node inputs and the entries ``a_ij`` as edge inputs, runs five
-message-passing layers of width 488 and decodes a dense ``n x r`` basis. It is written in
-plain PyTorch: aggregation is a sum with :meth:`torch.Tensor.index_add_` (no
-``torch_scatter``).
-
-Pieces:
+(2020), the two-grid error-propagation norm :math:`\\|G C G\\|_F^2` (Jacobi iteration
+matrix :math:`G`, Galerkin coarse correction :math:`C`;
+:func:`nlss_fenicsx.nn.losses.twogrid_loss`), hence its name :class:`TwoGridGNN`.
+Following the authors' code, the GNN sees the rows of ``S`` as node inputs and the entries
+``a_ij`` as edge inputs, runs five message-passing layers of width 488 and decodes a dense
+``n x r`` basis. It is plain PyTorch: aggregation is a sum with
+:meth:`torch.Tensor.index_add_` (no ``torch_scatter``).
 
 * :func:`graph_from_csr` -- edge list and edge features from a SciPy matrix.
-* :class:`NLSSGNN` -- the torch module: ``(S, edge_index, edge_attr) -> P`` (orthonormal).
-* :class:`GNNModel` -- the module plus checkpoint metadata, with the NumPy entry point
+* :class:`TwoGridGNN` -- the torch module: ``(S, edge_index, edge_attr) -> P``.
+* :class:`GNNModel` -- the module with its checkpoint settings and the NumPy entry point
   :meth:`GNNModel.basis` (which, unlike the MLP's, needs ``A``).
-* :func:`train_gnn` / :class:`GNNTrainConfig` -- training on a fresh instance per step,
-  resumable, with atomic checkpoints; :func:`train_gnn_cli` is ``nlss-fenicsx train
-  --arch gnn``.
 
-Checkpoint format (one ``torch.save`` dictionary, loadable with ``weights_only=True``; the
-tag differs from the MLP's so :func:`nlss_fenicsx.nn.inference.load_model` can dispatch)::
-
-    {"format": "nlss_fenicsx.GNNModel", "format_version": 1,
-     "state_dict": {...}, "metadata": {...}, "optimizer": dict | None, "step": int | None}
+It is trained by :func:`nlss_fenicsx.nn.train.train` with ``TrainConfig(arch="gnn")``.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -40,36 +28,13 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from nlss_fenicsx.nn.data import TEST_SEED_OFFSET, DataConfig, instance, instance_seed
-from nlss_fenicsx.nn.losses import twogrid_error_loss
-from nlss_fenicsx.nn.model import (
-    CheckpointError,
-    NLSSModel,
-    _plain,
-    finish_load,
-    read_checkpoint,
-    write_checkpoint,
-)
-from nlss_fenicsx.nn.train import peak_rss_mib, run_steps
+from nlss_fenicsx.nn.base import LearnedModel
+from nlss_fenicsx.nn.model import input_features, qr_positive
 
-__all__ = [
-    "EDGE_FEATURES",
-    "GNNConfig",
-    "GNNModel",
-    "GNNTrainConfig",
-    "NLSSGNN",
-    "graph_from_csr",
-    "scatter_sum",
-    "train_gnn",
-    "train_gnn_cli",
-]
+__all__ = ["EDGE_FEATURES", "GNNConfig", "GNNModel", "TwoGridGNN", "graph_from_csr",
+           "scatter_sum"]
 
-CHECKPOINT_FORMAT = "nlss_fenicsx.GNNModel"
-CHECKPOINT_VERSION = 1
 EDGE_FEATURES = 3  # a_ij / sqrt(a_ii a_jj), a_ij / max|a|, [i == j]
-EXACT_LOSS_MAX_N = 1024  # above this the training loss is a Hutchinson estimate
-DEFAULT_PROBES = 8
-PAPER_LR = 1e-4  # the paper's (and the authors' code's) Adam learning rate for the GNN
 
 _GraphInput = torch.Tensor | Sequence[torch.Tensor]  # one graph for the batch, or one each
 
@@ -165,14 +130,6 @@ def scatter_sum(messages: torch.Tensor, target: torch.Tensor, num_nodes: int) ->
     return out.index_add_(0, target, messages)
 
 
-def _orthonormalize(raw: torch.Tensor) -> torch.Tensor:
-    """Reduced QR with ``diag(R) >= 0`` (unique and continuous, as in the MLP's head)."""
-    Q, R = torch.linalg.qr(raw, mode="reduced")
-    signs = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))
-    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
-    return Q * signs.unsqueeze(-2)
-
-
 # --------------------------------------------------------------------------------------
 # Network
 # --------------------------------------------------------------------------------------
@@ -180,7 +137,7 @@ def _orthonormalize(raw: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class GNNConfig:
-    """Architecture of :class:`NLSSGNN`.
+    """Architecture of :class:`TwoGridGNN`.
 
     Parameters
     ----------
@@ -266,12 +223,12 @@ class _MessagePassing(nn.Module):
 
 
 def _mlp2(n_in: int, width: int) -> nn.Sequential:
-    """Encoder: Linear -> LayerNorm -> GELU -> Linear."""
+    """Build an encoder: Linear -> LayerNorm -> GELU -> Linear."""
     return nn.Sequential(nn.Linear(n_in, width), nn.LayerNorm(width), nn.GELU(),
                          nn.Linear(width, width))
 
 
-class NLSSGNN(nn.Module):
+class TwoGridGNN(nn.Module):
     """Message-passing GNN with a QR head: ``(S, graph of A)`` -> orthonormal ``P``.
 
     Layers (``w = width``):
@@ -288,9 +245,9 @@ class NLSSGNN(nn.Module):
     authors' code's size; the paper's text quotes a 76.9M-parameter GNN). Linear weights
     use He initialisation with zero biases, as the MLP does.
 
-    Node input scaling: as in :class:`nlss_fenicsx.nn.NLSSMLP`, each column of ``S`` is
-    scaled to unit 2-norm and multiplied by ``sqrt(n)`` (entries O(1) whatever the scale
-    of ``S``); all-zero columns stay zero. Edge inputs are those of :func:`graph_from_csr`.
+    Node input scaling: :func:`~nlss_fenicsx.nn.model.input_features`, as in the MLP
+    (each column of ``S`` scaled to norm ``sqrt(n)``). Edge inputs are those of
+    :func:`graph_from_csr`.
 
     Nesting: the decoder's last Linear computes only its first ``r`` outputs when ``r`` is
     given, and QR (Gram-Schmidt) is nested, so ``forward(..., r=r)`` equals the first
@@ -380,59 +337,38 @@ class NLSSGNN(nn.Module):
             S = S.unsqueeze(0)
         B = S.shape[0]
         src, dst, ea = self._union_graph(B, edge_index, edge_attr)
-        S = S.to(self.head.weight.dtype)
-        norms = torch.linalg.vector_norm(S, dim=-2, keepdim=True)
-        norms = torch.where(norms > 0, norms, torch.ones_like(norms))
-        h = self.node_encoder((S * (math.sqrt(cfg.n) / norms)).reshape(B * cfg.n, cfg.K))
+        x = input_features(S, self.head.weight.dtype)  # the MLP's input scaling
+        h = self.node_encoder(x.reshape(B * cfg.n, cfg.K))
         e = self.edge_encoder(ea)
         for layer in self.layers:
             h, e = layer(h, e, src, dst)
         x = self.decoder(h)
         raw = nn.functional.linear(x, self.head.weight[:r], self.head.bias[:r])
-        P = _orthonormalize(raw.reshape(B, cfg.n, r))
+        P = qr_positive(raw.reshape(B, cfg.n, r))
         return P[0] if unbatched else P
 
 
 # --------------------------------------------------------------------------------------
-# Model with metadata and checkpoints
+# Model with settings and checkpoints
 # --------------------------------------------------------------------------------------
 
 
-def _check_grid_order(grid_order, n: int) -> np.ndarray:
-    grid_order = np.asarray(grid_order)
-    if (grid_order.shape != (n,) or not np.issubdtype(grid_order.dtype, np.integer)
-            or not np.array_equal(np.sort(grid_order), np.arange(n))):
-        raise ValueError(f"grid_order must be a permutation of range({n}); got an array of "
-                         f"shape {grid_order.shape} and dtype {grid_order.dtype}")
-    return grid_order
-
-
-class GNNModel:
-    """The GNN baseline with the metadata its checkpoint carries (mirrors ``NLSSModel``).
+class GNNModel(LearnedModel):
+    """The GNN baseline with the settings its checkpoint carries.
 
     Parameters
     ----------
     config : GNNConfig
-    N : int, optional
-        Mesh resolution trained on (``n = (N + 1)**2``).
-    pde : str, optional
-        PDE family.
-    preset : str, optional
-        Coefficient preset of the family.
-    extra : dict, optional
-        Further plain-python metadata (training config, history, timings).
-    net : NLSSGNN, optional
+    net : TwoGridGNN, optional
         An existing network; a freshly initialised one by default.
+    **settings
+        :class:`~nlss_fenicsx.nn.checkpoint.ModelSettings` fields (``loss`` is
+        ``'twogrid'``).
 
-    Attributes
-    ----------
-    net : NLSSGNN
-    metadata : dict
-        ``arch='gnn', n, K, r_max, N, pde, preset, loss='twogrid', version,
-        torch_version, config, extra``.
-    path : pathlib.Path or None
-    step : int or None
-    optimizer_state : dict or None
+    Notes
+    -----
+    ``save``, ``load`` and the attributes are those of
+    :class:`~nlss_fenicsx.nn.base.LearnedModel`.
 
     Examples
     --------
@@ -444,44 +380,14 @@ class GNNModel:
     ((9, 2), True)
     """
 
-    def __init__(self, config: GNNConfig, *, N: int | None = None, pde: str | None = None,
-                 preset: str | None = None, extra: dict[str, Any] | None = None,
-                 net: NLSSGNN | None = None) -> None:
-        from nlss_fenicsx import __version__
+    ARCH = "gnn"
+    DEFAULT_LOSS = "twogrid"
+    config_type = GNNConfig
+    network_type = TwoGridGNN
 
-        if net is None:
-            net = NLSSGNN(config)
-        elif net.config != config:
-            raise ValueError(f"net was built for {net.config}, which differs from {config}")
-        self.config = config
-        self.net = net
-        self.metadata: dict[str, Any] = _plain({
-            "arch": "gnn", "n": config.n, "K": config.K, "r_max": config.r_max, "N": N,
-            "pde": pde, "preset": preset, "loss": "twogrid", "version": __version__,
-            "torch_version": torch.__version__, "config": config.to_dict(),
-            "extra": dict(extra or {}),
-        }, "metadata")
-        self.path: Path | None = None
-        self.step: int | None = None
-        self.optimizer_state: dict[str, Any] | None = None
-
-    def __repr__(self) -> str:
-        m, c = self.metadata, self.config
-        return (f"GNNModel(n={c.n}, K={c.K}, r_max={c.r_max}, width={c.width}, "
-                f"layers={c.layers}, pde={m['pde']!r}, parameters={self.num_parameters()})")
-
-    # Same accessors, checks and messages as the MLP's (they read only config, metadata,
-    # path and net).
-    n = NLSSModel.n
-    K = NLSSModel.K
-    r_max = NLSSModel.r_max
-    check_compatible = NLSSModel.check_compatible
-    num_parameters = NLSSModel.num_parameters
-    to = NLSSModel.to
-
-    def basis(self, S: np.ndarray, r: int, grid_order: np.ndarray | None = None,
-              A=None) -> np.ndarray:
-        """Coarse basis ``P`` (``n x r``, orthonormal, float64, dof order) from ``S`` and ``A``.
+    def basis(self, S: np.ndarray, r: int, node_order: np.ndarray | None = None, *, A=None,
+              dtype=np.float64) -> np.ndarray:
+        """Coarse basis ``P`` (``n x r``, orthonormal, dof order) from ``S`` and ``A``.
 
         Parameters
         ----------
@@ -489,353 +395,41 @@ class GNNModel:
             Smoothed vectors, shape ``(n, K)``, in dof order.
         r : int
             Rank, ``1 <= r <= r_max``.
-        grid_order : numpy.ndarray of int, optional
-            ``grid_order[g]`` is the dof of grid node ``g``; ``S`` and ``A`` are permuted to
-            grid order for the network and ``P`` is mapped back. ``None``: dof order is
-            grid order.
+        node_order : numpy.ndarray of int, optional
+            ``node_order[i]`` is the dof of input node ``i``; ``S`` and ``A`` are permuted
+            to node order for the network and ``P`` is mapped back. The network is
+            permutation equivariant, so this changes only rounding. ``None``: dof order.
         A : scipy.sparse matrix
             The operator in dof order (``pdes.System.A_csr``). Required: the GNN's graph.
+        dtype : numpy dtype
+            Of the result.
 
         Returns
         -------
         numpy.ndarray
-            ``P`` of shape ``(n, r)``, float64.
+            ``P`` of shape ``(n, r)``.
 
         Raises
         ------
         ValueError
-            If ``A`` is missing or not ``n x n``, ``S`` is not ``(n, K)``, ``r`` is out of
-            range, or ``grid_order`` is not a permutation.
+            If ``A`` is missing or not ``n x n``, ``S`` is not a finite ``(n, K)`` array,
+            ``r`` is out of range, or ``node_order`` is not a permutation.
         """
+        S, r, order = self.check_input(S, r, node_order)
         cfg = self.config
         if A is None:
             raise ValueError("the GNN coarse space needs the operator: call "
-                             "GNNModel.basis(S, r, grid_order=..., A=A_csr)")
+                             "GNNModel.basis(S, r, node_order, A=A_csr)")
         A = sp.csr_matrix(A)
         if A.shape != (cfg.n, cfg.n):
             raise ValueError(f"model was trained for n={cfg.n}; got A of shape {A.shape}")
-        S = np.asarray(S)
-        if S.ndim != 2 or S.shape != (cfg.n, cfg.K):
-            raise ValueError(f"model was trained for n={cfg.n}, K={cfg.K}; got S of shape "
-                             f"{S.shape}")
-        if isinstance(r, bool) or not isinstance(r, int | np.integer) or not 1 <= r <= cfg.r_max:
-            raise ValueError(f"r must satisfy 1 <= r <= r_max={cfg.r_max}; got r={r!r}")
-        if grid_order is not None:
-            grid_order = _check_grid_order(grid_order, cfg.n)
-            S = S[grid_order]
-            A = A[grid_order][:, grid_order]
+        if order is not None:
+            S = S[order]
+            A = A[order][:, order]
         edge_index, edge_attr = graph_from_csr(A)
         param = next(self.net.parameters())
         with torch.inference_mode():
             S_t = torch.as_tensor(np.ascontiguousarray(S), dtype=param.dtype, device=param.device)
-            P_grid = self.net(S_t, edge_index.to(param.device), edge_attr.to(param.device),
-                              r=int(r)).cpu().numpy().astype(np.float64)
-        if grid_order is None:
-            return P_grid
-        P = np.empty_like(P_grid)
-        P[grid_order] = P_grid
-        return P
-
-    # ---------------------------------------------------------------- checkpoints
-    def save(self, path: str | os.PathLike, *, optimizer: torch.optim.Optimizer | None = None,
-             step: int | None = None, extra: dict[str, Any] | None = None) -> Path:
-        """Write a checkpoint atomically (temporary file in the same folder, then rename).
-
-        Parameters
-        ----------
-        path : str or os.PathLike
-            Destination; its folder must exist.
-        optimizer : torch.optim.Optimizer, optional
-            Its ``state_dict`` is stored so that training can resume.
-        step : int, optional
-            Training step to record.
-        extra : dict, optional
-            Merged into ``metadata['extra']`` of the written file (``self`` is unchanged).
-
-        Returns
-        -------
-        pathlib.Path
-        """
-        return write_checkpoint(path, CHECKPOINT_FORMAT, self, optimizer=optimizer, step=step,
-                                extra=extra)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, map_location: Any = "cpu") -> GNNModel:
-        """Read a checkpoint written by :meth:`save`.
-
-        Raises
-        ------
-        CheckpointError
-            If the file is missing, truncated or corrupt, of another format or format
-            version, lacks required entries, or its weights do not fit its config.
-        """
-        path = Path(path)
-        payload = read_checkpoint(path, CHECKPOINT_FORMAT, map_location=map_location)
-        metadata = payload["metadata"]
-        try:
-            config = GNNConfig(**metadata["config"])
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"checkpoint {path} has an invalid config: {exc}") from exc
-        model = cls(config, N=metadata.get("N"), pde=metadata.get("pde"),
-                    preset=metadata.get("preset"), extra=metadata.get("extra"))
-        return finish_load(model, payload, path, map_location)
-
-
-# --------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GNNTrainConfig:
-    """Everything that defines a GNN training run (stored in the checkpoint).
-
-    Defaults follow the authors' code: N=64, K=72, r_max=72, 1000 steps of one fresh
-    instance each, Adam with learning rate 1e-4, width 488, 5 layers, loss
-    :math:`\\|S_J C S_J\\|_F^2 / n` with one weighted-Jacobi sweep (``nu``) on each side.
-
-    ``probes=None`` uses the exact dense loss when ``n <= 1024`` and a Hutchinson
-    estimate with 8 Rademacher probes above (N=64: n=4225); an integer forces that many
-    probes. ``omega`` is the Jacobi weight of both the smoothing of ``S`` and the loss.
-    """
-
-    pde: str = "diffusion"
-    N: int = 64
-    K: int = 72
-    r_max: int = 72
-    steps: int = 1000
-    lr: float = PAPER_LR
-    batch: int = 1
-    seed: int = 0
-    preset: str = "default"
-    width: int = 488
-    layers: int = 5
-    nu: int = 1
-    omega: float = 0.66
-    sweeps: int = 10
-    probes: int | None = None
-    n_eval: int = 2
-    eval_every: int = 100
-    ckpt_every: int = 100
-
-    def __post_init__(self):
-        for name in ("steps", "batch", "eval_every", "ckpt_every", "r_max", "n_eval"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.nu < 0:
-            raise ValueError(f"nu must be >= 0, got {self.nu}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be positive, got {self.lr}")
-        if self.probes is not None and self.probes < 1:
-            raise ValueError(f"probes must be a positive integer or None, got {self.probes}")
-        self.data  # noqa: B018 - validates pde, preset, N and K
-        self.gnn  # noqa: B018 - validates r_max, width and layers
-
-    @property
-    def data(self) -> DataConfig:
-        return DataConfig(pde=self.pde, N=self.N, K=self.K, sweeps=self.sweeps,
-                          omega=self.omega, preset=self.preset)
-
-    @property
-    def gnn(self) -> GNNConfig:
-        return GNNConfig(n=(self.N + 1) ** 2, K=self.K, r_max=self.r_max, width=self.width,
-                         layers=self.layers)
-
-    @property
-    def loss_probes(self) -> int | None:
-        """Probes the loss uses: ``None`` (exact) or a count (Hutchinson)."""
-        if self.probes is not None:
-            return self.probes
-        return None if (self.N + 1) ** 2 <= EXACT_LOSS_MAX_N else DEFAULT_PROBES
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GNNTrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
-
-def _instance_tensors(cfg: GNNTrainConfig, seed: int):
-    """One instance in grid order: ``S`` (n, K), the graph of A, and A as float64 torch COO."""
-    problem, S = instance(cfg.data, seed)
-    edge_index, edge_attr = graph_from_csr(problem.A)
-    coo = problem.A.tocoo()
-    A_t = torch.sparse_coo_tensor(np.stack([coo.row, coo.col]).astype(np.int64),
-                                  coo.data.astype(np.float64), coo.shape,
-                                  check_invariants=False).coalesce()
-    return torch.from_numpy(S), edge_index, edge_attr, A_t
-
-
-def _batch_loss(net, cfg: GNNTrainConfig, items, device, generator) -> torch.Tensor:
-    """Mean two-grid loss over a list of instances (one forward for the whole batch)."""
-    S = torch.stack([it[0] for it in items]).to(device)
-    P = net(S, [it[1].to(device) for it in items], [it[2].to(device) for it in items])
-    losses = [twogrid_error_loss(it[3].to(device), P[b].double(), nu=cfg.nu, omega=cfg.omega,
-                                 probes=cfg.loss_probes, generator=generator)
-              for b, it in enumerate(items)]
-    return torch.stack(losses).mean()
-
-
-def _resume_gnn(out: Path, cfg: GNNTrainConfig, device) -> GNNModel | None:
-    if not out.exists():
-        return None
-    try:
-        model = GNNModel.load(out, map_location=device)
-    except CheckpointError as err:
-        raise CheckpointError(f"cannot resume from {out}: {err}; delete it or choose another "
-                              "--out") from err
-    saved = model.metadata.get("extra", {}).get("train_config")
-    if saved is None or GNNTrainConfig.from_dict(saved) != cfg:
-        diff = sorted(k for k, v in cfg.as_dict().items() if (saved or {}).get(k) != v)
-        raise CheckpointError(f"checkpoint {out} was trained with different settings "
-                              f"({', '.join(diff) or 'unknown'}); use another --out or the "
-                              "same settings to resume")
-    return model
-
-
-def _generator(device: torch.device, seed: int) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def train_gnn(cfg: GNNTrainConfig, out: str | Path, *, device: str = "cpu", resume: bool = True,
-              progress: bool = True, log=print) -> GNNModel:
-    """Train (or resume) the GNN baseline and write its checkpoint to ``out``.
-
-    Step ``t`` draws instance ``instance_seed(seed, t)`` (``batch`` consecutive ones per
-    step) with :func:`nlss_fenicsx.nn.data.instance` (A and S in grid order), and takes an
-    Adam step on :func:`nlss_fenicsx.nn.losses.twogrid_error_loss` evaluated in float64
-    (Hutchinson probes drawn from a per-step seed, so a resumed run is the same run).
-    Every ``eval_every`` steps the loss on ``n_eval`` held-out instances (fixed probes) is
-    recorded in the history.
-
-    Parameters
-    ----------
-    cfg : GNNTrainConfig
-    out : path
-        Checkpoint file (its folder is created); written atomically every
-        ``cfg.ckpt_every`` steps, at the end and on interruption (Ctrl-C, SIGTERM). An
-        existing file with the same settings is resumed; other settings raise
-        :class:`~nlss_fenicsx.nn.model.CheckpointError`.
-    device : {'cpu', 'cuda'} or torch.device
-    resume : bool
-        Continue from ``out`` if it exists (else start over and overwrite).
-    progress : bool
-        Show a progress bar with the loss.
-    log : callable
-        Where evaluation lines go (when there is no progress bar).
-
-    Returns
-    -------
-    GNNModel
-        The trained model; ``metadata['extra']`` holds ``train_config``, ``history``,
-        ``train_seconds``, ``peak_rss_mib`` and ``device``.
-    """
-
-    out = Path(out)
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    model = _resume_gnn(out, cfg, device) if resume else None
-    start = 0
-    if model is None:
-        model = GNNModel(cfg.gnn, N=cfg.N, pde=cfg.pde, preset=cfg.preset,
-                         extra={"train_config": cfg.as_dict()})
-    else:
-        start = int(model.step or 0)
-    net = model.net.to(device)
-    net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    if model.optimizer_state is not None:
-        opt.load_state_dict(model.optimizer_state)
-    extra = dict(model.metadata.get("extra", {}))
-    history = list(extra.get("history", []))
-    elapsed = float(extra.get("train_seconds", 0.0))
-
-    def batch_at(t: int) -> list:
-        return [_instance_tensors(cfg, instance_seed(cfg.seed, t * cfg.batch + k))
-                for k in range(cfg.batch)]
-
-    held_out = [_instance_tensors(cfg, instance_seed(cfg.seed + TEST_SEED_OFFSET, i))
-                for i in range(cfg.n_eval)]
-
-    def save(step: int, seconds: float) -> None:
-        extra.update(history=history, train_seconds=elapsed + seconds,
-                     peak_rss_mib=peak_rss_mib(), device=str(device))
-        model.save(out, optimizer=opt, step=step, extra=extra)
-
-    def step_fn(items: list, step: int) -> float:
-        loss = _batch_loss(net, cfg, items, device,
-                           _generator(device, instance_seed(cfg.seed + 7, step)))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return float(loss.item())
-
-    def eval_fn(step: int, loss: float) -> str:
-        net.eval()
-        with torch.no_grad():
-            ev = float(_batch_loss(net, cfg, held_out, device,
-                                   _generator(device, cfg.seed + 11)))
-        net.train()
-        history.append({"step": step, "loss": loss, "eval_loss": ev})
-        return f"step {step}: loss {loss:.4f}, held-out loss {ev:.4f}"
-
-    step, _ = run_steps(start=start, steps=cfg.steps, batch_at=batch_at, step_fn=step_fn,
-                        eval_fn=eval_fn, eval_every=cfg.eval_every, ckpt_every=cfg.ckpt_every,
-                        save=save, where=out, desc=f"train {cfg.pde} gnn", progress=progress,
-                        log=log)
-    net.eval()
-    model.step = step
-    model.metadata["extra"] = extra
-    return model
-
-
-def train_gnn_cli(args) -> int:
-    """``nlss-fenicsx train --arch gnn``: build a :class:`GNNTrainConfig` from ``args``.
-
-    Mapping of the shared ``train`` options: ``--hidden W`` is the GNN width (one integer;
-    default 488); ``--rank`` is ``r_max``; ``--lr`` defaults to the paper's GNN rate 1e-4;
-    ``--loss`` does not apply (the GNN trains on the two-grid loss) and ``--loss subspace``
-    or ``--protocol dataset`` is an error. Default output:
-    ``models/{pde}_N{N}_K{K}_r{rank}_gnn.pt``.
-
-    Returns
-    -------
-    int
-        Exit status 0; bad input raises ``ValueError`` (the CLI prints one line, exit 2).
-    """
-    width = GNNTrainConfig.width
-    if args.hidden:
-        try:
-            width = int(str(args.hidden).strip())
-        except ValueError:
-            raise ValueError(f"--arch gnn takes --hidden WIDTH (one integer, the width of the "
-                             f"message-passing layers); got {args.hidden!r}") from None
-    if getattr(args, "protocol", "code") != "code":
-        raise ValueError("--arch gnn trains on a fresh instance per step (--protocol code); "
-                         f"got --protocol {args.protocol}")
-    if getattr(args, "loss", "nlss") != "nlss":
-        raise ValueError(f"--arch gnn trains on the two-grid loss ||S_J C S_J||_F^2; "
-                         f"--loss {args.loss} does not apply")
-    lr = PAPER_LR if args.lr is None else args.lr
-    cfg = GNNTrainConfig(pde=args.pde, N=args.N, K=args.K, r_max=args.rank, steps=args.steps,
-                         lr=lr, batch=args.batch, seed=args.seed, preset=args.preset,
-                         width=width)
-    out = args.out or Path(f"models/{args.pde}_N{args.N}_K{args.K}_r{args.rank}_gnn.pt")
-    t0 = time.perf_counter()
-    model = train_gnn(cfg, out, device=args.device, resume=not args.restart,
-                      progress=not args.no_progress)
-    extra = model.metadata["extra"]
-    last = extra["history"][-1] if extra.get("history") else {}
-    print(f"wrote {out}: GNN width {cfg.width}, {cfg.layers} layers, "
-          f"{model.num_parameters():,} parameters, step {model.step}, "
-          f"{extra.get('train_seconds', 0):.1f} s training "
-          f"({time.perf_counter() - t0:.1f} s wall), peak RSS {peak_rss_mib():.0f} MiB")
-    if last:
-        print(f"held-out two-grid loss ||S_J C S_J||_F^2/n: {last['eval_loss']:.4f} "
-              f"({cfg.n_eval} instances, {'exact' if cfg.loss_probes is None else 'Hutchinson'})")
-    return 0
+            P_node = self.net(S_t, edge_index.to(param.device), edge_attr.to(param.device),
+                              r=r).cpu().numpy().astype(dtype)
+        return self.to_dof_order(P_node, order)

@@ -1,61 +1,180 @@
-"""The learned coarse space inside the PETSc preconditioner.
+"""The one place that picks how a trained model computes ``P``: :func:`load_model`.
 
-``load_model`` keeps loaded checkpoints in memory (keyed by path, size and modification
-time), so a model is read once per process, not once per solve: model loading is not a
-per-instance cost. ``learned_basis`` gathers ``S`` to rank 0, runs the network there in
-grid order, and scatters the rows of ``P`` back to their owners.
+A solver asks for ``load_model(path)`` and gets a :class:`Predictor`: the checkpoint's
+settings, whether the model needs ``A`` (the GNN), and ``basis(S, r)`` in dof order. The
+backend is explicit: ``precision="int8"`` (the default, the preconditioner's) runs the
+quantised copy of the MLP (:mod:`nlss_fenicsx.nn.int8`) that the end of training calibrated;
+``precision="float32"`` runs the network as trained (:meth:`NLSSModel.basis
+<nlss_fenicsx.nn.model.NLSSModel.basis>`, the reference path, several times slower at batch
+1). ``Predictor.precision`` says which one runs: float32 for the GNN (it has no int8
+copy) and where this PyTorch build cannot quantise (with one warning).
+
+Loaded models are kept per process (keyed by absolute path, size, modification time, inode
+and precision), so model loading is not a per-instance cost. A checkpoint with non-finite
+weights is refused at load, on whichever rank loads it, before any collective step.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from nlss_fenicsx.nn.gnn import CHECKPOINT_FORMAT as GNN_FORMAT
+from nlss_fenicsx.nn.checkpoint import CheckpointError, ModelSettings, read_checkpoint
 from nlss_fenicsx.nn.gnn import GNNModel
-from nlss_fenicsx.nn.model import CheckpointError, NLSSModel
+from nlss_fenicsx.nn.int8 import Int8MLP, from_calibration
+from nlss_fenicsx.nn.model import NLSSModel
 
-__all__ = ["clear_model_cache", "learned_basis", "load_model"]
+__all__ = ["PRECISIONS", "Predictor", "clear_model_cache", "learned_basis", "load_model",
+           "model_from_checkpoint"]
 
-_CACHE: dict[str, tuple[tuple[int, int, int], NLSSModel | GNNModel]] = {}
+PRECISIONS = ("int8", "float32")
+_MODELS = {"mlp": NLSSModel, "gnn": GNNModel}
+_CACHE: dict[tuple[str, str], tuple[tuple[int, int, int], Predictor]] = {}
 
 
-def load_model(path: str | os.PathLike) -> NLSSModel | GNNModel:
+def model_from_checkpoint(path: str | os.PathLike) -> NLSSModel | GNNModel:
+    """Load the float32 model of either architecture stored at ``path`` (by its ``arch``).
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`nlss_fenicsx.nn.checkpoint.read_checkpoint`.
+    """
+    ck = read_checkpoint(path)
+    return _MODELS[ck.settings.arch].from_checkpoint(ck)
+
+
+class Predictor:
+    """A trained model ready to give coarse bases, with its backend chosen.
+
+    Parameters
+    ----------
+    model : NLSSModel or GNNModel
+        The float32 model (evaluation mode).
+    precision : {'int8', 'float32'}
+        Backend asked for (an MLP only; the GNN always runs float32).
+
+    Attributes
+    ----------
+    settings : ModelSettings
+        What the checkpoint records (:func:`nlss_fenicsx.nn.checkpoint.read_settings`).
+    needs_A : bool
+        Whether :meth:`basis` needs the operator (the GNN).
+    precision : str
+        What actually runs: ``'int8'`` or ``'float32'``.
+    calibration : dict or None
+        The int8 calibration stored at the end of training (``None``: the full int8 copy,
+        or float32).
+    model : NLSSModel or GNNModel
+    """
+
+    def __init__(self, model: NLSSModel | GNNModel, precision: str = "int8") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unrecognized precision {precision!r}; expected one of "
+                             f"{PRECISIONS}")
+        self.model = model
+        self.settings: ModelSettings = model.settings
+        self.needs_A = isinstance(model, GNNModel)
+        self.calibration = getattr(model, "int8_calibration", None)
+        self._int8: Int8MLP | None = None
+        if precision == "int8" and not self.needs_A:
+            try:
+                self._int8 = from_calibration(model.net, self.calibration)
+            except (ImportError, AttributeError, RuntimeError, NotImplementedError) as err:
+                warnings.warn(f"int8 inference unavailable ({err}); using float32",
+                              RuntimeWarning, stacklevel=2)
+        self.precision = "int8" if self._int8 is not None else "float32"
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (f"Predictor(arch={s.arch!r}, precision={self.precision!r}, n={s.n}, K={s.K}, "
+                f"r_max={s.r_max}, pde={s.pde!r})")
+
+    def basis(self, S: np.ndarray, r: int, *, node_order: np.ndarray | None = None, A=None,
+              dtype=np.float64) -> np.ndarray:
+        """Coarse basis ``P`` (``n x r``, orthonormal, dof order) from ``S``.
+
+        Parameters
+        ----------
+        S : numpy.ndarray
+            Smoothed vectors, shape ``(n, K)``, dof order.
+        r : int
+            Rank, ``1 <= r <= r_max``.
+        node_order : numpy.ndarray of int, optional
+            ``node_order[i]`` is the dof of input node ``i`` (the order the model was
+            trained in, ``settings.node_order``); ``None``: dof order is node order.
+        A : scipy.sparse matrix, optional
+            The operator in dof order; required when :attr:`needs_A`.
+        dtype : numpy dtype
+            Of the result (``np.float32`` skips a conversion pass).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``P`` of shape ``(n, r)``.
+
+        Raises
+        ------
+        ValueError
+            Bad input: ``S`` not a finite ``(n, K)`` array, ``r`` out of range,
+            ``node_order`` not a permutation, ``A`` missing for the GNN, or a non-finite
+            result. It depends on the arguments only, so a caller that runs this on one
+            MPI rank can broadcast the error.
+        """
+        if self.needs_A:
+            P = self.model.basis(S, r, node_order, A=A, dtype=dtype)
+        elif self._int8 is None:
+            P = self.model.basis(S, r, node_order, dtype=dtype)
+        else:
+            S, r, order = self.model.check_input(S, r, node_order)
+            P = self._int8.basis(S, r, order, dtype=dtype)
+        if not np.isfinite(P).all():
+            raise ValueError("the model produced a non-finite coarse basis P from this S")
+        return P
+
+
+def load_model(path: str | os.PathLike, *, precision: str = "int8") -> Predictor:
     """Load a checkpoint once per process (reloaded if the file changes).
 
-    Dispatches on the checkpoint's format tag: a GNN checkpoint gives a
-    :class:`nlss_fenicsx.nn.gnn.GNNModel`, anything else an :class:`NLSSModel`.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Checkpoint of either architecture.
+    precision : {'int8', 'float32'}, default 'int8'
+        Backend (see the module docstring); ``Predictor.precision`` says which runs.
+
+    Returns
+    -------
+    Predictor
+
+    Raises
+    ------
+    CheckpointError
+        One line naming the file: not found, a directory, truncated or corrupt, a type the
+        safe loader does not allow, another format, non-finite weights.
+    ValueError
+        An unknown ``precision``.
     """
-    # Keyed by the absolute path as given (string operations and one stat: this runs in
-    # every solve's set-up); symlinks are resolved only to load.
+    if precision not in PRECISIONS:
+        raise ValueError(f"Unrecognized precision {precision!r}; expected one of {PRECISIONS}")
     where = os.path.abspath(os.path.expanduser(os.fspath(path)))
     try:
         st = os.stat(where)
     except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {Path(where).resolve()}") from None
+        raise CheckpointError(f"checkpoint not found: {where}") from None
     key = (st.st_size, st.st_mtime_ns, st.st_ino)
-    hit = _CACHE.get(where)
+    hit = _CACHE.get((where, precision))
     if hit is not None and hit[0] == key:
         return hit[1]
-    p = Path(where).resolve()
-    model = _model_class(p).load(p)
+    model = model_from_checkpoint(Path(where).resolve())
     model.net.eval()
-    _CACHE[where] = (key, model)
-    return model
-
-
-def _model_class(path: Path) -> type[NLSSModel] | type[GNNModel]:
-    """``GNNModel`` for a GNN checkpoint (by its format tag), else ``NLSSModel``."""
-    import torch
-
-    try:  # mmap: reads the small "format" entry without loading the weights
-        fmt = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("format")
-    except Exception:  # unreadable: NLSSModel.load raises the clear CheckpointError
-        return NLSSModel
-    return GNNModel if fmt == GNN_FORMAT else NLSSModel
+    predictor = Predictor(model, precision)
+    _CACHE[(where, precision)] = (key, predictor)
+    return predictor
 
 
 def clear_model_cache() -> None:
@@ -65,75 +184,70 @@ def clear_model_cache() -> None:
 
 def learned_basis(A, comm, S_local: np.ndarray, opts, grid_order: np.ndarray,
                   timings: dict | None = None) -> np.ndarray:
-    """This rank's rows of ``P`` from the model in ``opts.model`` (float32 from an MLP,
-    float64 from a GNN; the caller copies them into PETSc's float64 dense matrix).
+    """Compute this rank's rows of ``P`` with the model in ``opts.model`` (transitional).
+
+    Kept for ``petsc.TwoGridPC`` until it calls ``coarse.coarse_basis("nlss", ...)`` with a
+    :class:`Predictor`; it gathers ``S`` to rank 0, runs the model there and scatters the
+    rows of ``P`` back. Every check runs on rank 0 and its error is raised on every rank.
 
     Parameters
     ----------
     A : petsc4py.PETSc.Mat
-        The operator (for its size and row ownership).
     comm : mpi4py.MPI.Comm
     S_local : numpy.ndarray
         This rank's rows of ``S`` (dof order).
-    opts : nlss_fenicsx.petsc.PCOptions
+    opts : options object
+        With ``model``, ``K``, ``pde``, ``rank``, ``precision``.
     grid_order : numpy.ndarray
-        ``grid_order[g]`` is the global dof of grid node ``g``.
+        ``grid_order[i]`` is the global dof of node ``i``.
     timings : dict, optional
-        Receives this rank's seconds in ``gather`` (S to rank 0), ``model`` (the network
-        on rank 0, grid-order permutations included) and ``scatter`` (rows of P back to
-        their owners). Rank 0's figures are the meaningful ones: elsewhere ``model`` is
-        about 0 and ``scatter`` includes the wait for rank 0's model.
+        Receives ``gather``, ``model`` and ``scatter`` seconds.
+
+    Returns
+    -------
+    numpy.ndarray
+        This rank's rows of ``P``.
     """
+    from nlss_fenicsx.la import petsc_to_csr
+
     n = A.getSize()[0]
-    model = None
-    error = None
+    predictor, error, P = None, None, None
+    r = getattr(opts, "rank", None) or getattr(opts, "r", None)
     if comm.rank == 0:
         try:
-            model = load_model(opts.model)
-            model.check_compatible(n=n, K=opts.K, pde=opts.pde)
-            if opts.rank > model.r_max:
-                raise CheckpointError(f"nlss_rank {opts.rank} exceeds the model's r_max "
-                                      f"{model.r_max} ({opts.model})")
-            if isinstance(model, GNNModel) and comm.size > 1:
-                raise ValueError("gnn coarse space is serial-only (its graph is built from "
-                                 "the whole matrix on one rank); run it without mpiexec")
+            predictor = load_model(opts.model, precision=getattr(opts, "precision", "int8"))
+            predictor.model.check_compatible(n=n, K=opts.K, pde=getattr(opts, "pde", None))
+            if r > predictor.settings.r_max:
+                raise CheckpointError(f"nlss_rank {r} exceeds the model's r_max "
+                                      f"{predictor.settings.r_max} ({opts.model})")
+            if predictor.needs_A and comm.size > 1:
+                raise ValueError("gnn coarse space is serial-only; run it without mpiexec")
         except (CheckpointError, ValueError) as err:
             error = err
     if comm.size > 1:
         error = comm.bcast(error, root=0)
     if error is not None:
         raise error
-    if comm.size == 1:  # serial: no gather or scatter (and no pickled copies of S and P)
-        t0 = time.perf_counter()
-        P = _model_basis(model, A, S_local, opts, grid_order)
-        if timings is not None:
-            timings.update(gather=0.0, model=time.perf_counter() - t0, scatter=0.0)
-        return P
     t0 = time.perf_counter()
-    blocks = comm.gather(np.ascontiguousarray(S_local), root=0)
-    if comm.rank == 0:
-        S = np.concatenate(blocks, axis=0)  # ranks own consecutive row ranges
+    blocks = [S_local] if comm.size == 1 else comm.gather(np.ascontiguousarray(S_local), root=0)
     t1 = time.perf_counter()
     if comm.rank == 0:
-        P = _model_basis(model, A, S, opts, grid_order)
+        S = blocks[0] if comm.size == 1 else np.concatenate(blocks, axis=0)
+        A_csr = petsc_to_csr(A) if predictor.needs_A else None
+        try:
+            P = predictor.basis(S, r, node_order=grid_order, A=A_csr, dtype=np.float32)
+        except ValueError as err:
+            error = err
+    if comm.size > 1:
+        error = comm.bcast(error, root=0)
+    if error is not None:
+        raise error
     t2 = time.perf_counter()
-    if comm.rank == 0:
-        bounds = np.cumsum([0] + [len(b) for b in blocks])
-        parts = [P[bounds[i]:bounds[i + 1]] for i in range(comm.size)]
-    else:
-        parts = None
-    P_local = comm.scatter(parts, root=0)
+    if comm.size > 1:
+        bounds = np.cumsum([0] + [len(b) for b in blocks]) if comm.rank == 0 else None
+        parts = [P[bounds[i]:bounds[i + 1]] for i in range(comm.size)] if comm.rank == 0 \
+            else None
+        P = comm.scatter(parts, root=0)
     if timings is not None:
         timings.update(gather=t1 - t0, model=t2 - t1, scatter=time.perf_counter() - t2)
-    return P_local
-
-
-def _model_basis(model, A, S, opts, grid_order):
-    """The model's ``P`` for the whole ``S`` (dof order), on the rank that holds both."""
-    if isinstance(model, GNNModel):  # the GNN also needs A (serial: all rows)
-        from nlss_fenicsx.petsc import petsc_to_csr
-
-        return model.basis(S, opts.rank, grid_order=grid_order, A=petsc_to_csr(A))
-    # float32: P is copied into PETSc's float64 dense matrix anyway, which converts it.
-    return model.basis(S, opts.rank, grid_order=grid_order,
-                       precision=getattr(opts, "precision", "float32"), dtype=np.float32)
+    return P

@@ -7,7 +7,7 @@ differentiable with respect to ``P``, and reduce over the batch with a mean, exc
 
 ``nlss_loss`` and ``subspace_loss`` assume that ``P`` has orthonormal columns (the model's
 QR head guarantees it); they are then the paper's Eq. (4) and one minus Eq. (3)
-normalised by ``||S||_F^2``. ``twogrid_error_loss`` is the GNN baseline's objective
+normalised by ``||S||_F^2``. ``twogrid_loss`` is the GNN baseline's objective
 (Luz et al. 2020): the Frobenius norm of the two-grid error-propagation matrix.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["captured_energy", "nlss_loss", "subspace_loss", "twogrid_error_loss"]
+__all__ = ["captured_energy", "nlss_loss", "subspace_loss", "twogrid_loss"]
 
 
 def _batched(P: torch.Tensor, S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -41,8 +41,8 @@ def _batched(P: torch.Tensor, S: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 
 def _column_energy(P: torch.Tensor, S: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-column captured energy ``||p_j^T S||^2`` (batch, k) and ``||S||_F^2`` (batch,)."""
-    PtS = P.transpose(-1, -2) @ S  # (batch, k, K): the only O(n k K) step
-    energy = PtS.square().sum(dim=-1)
+    proj = P.transpose(-1, -2) @ S  # P^T S, (batch, k, K): the only O(n k K) step
+    energy = proj.square().sum(dim=-1)
     # The clamp keeps an all-zero sample finite (its energy is 0, so the ratio is 0).
     total = S.square().sum(dim=(-2, -1)).clamp_min(torch.finfo(S.dtype).tiny)
     return energy, total
@@ -173,7 +173,7 @@ def captured_energy(P, S):
 
 
 def _matmul(A: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-    """``A @ X`` for X of shape (batch, n, m); A dense (n, n)/(batch, n, n) or sparse (n, n)."""
+    """Compute ``A @ X`` for X (batch, n, m); A dense (n, n)/(batch, n, n) or sparse (n, n)."""
     if A.is_sparse or A.layout in (torch.sparse_csr, torch.sparse_csc):
         if A.ndim != 2:
             raise ValueError("a sparse A must be a single (n, n) matrix shared by the batch")
@@ -194,10 +194,9 @@ def _diagonal(A: torch.Tensor) -> torch.Tensor:
     return torch.diagonal(A, dim1=-2, dim2=-1)
 
 
-def twogrid_error_loss(
+def twogrid_loss(
     A: torch.Tensor,
     P: torch.Tensor,
-    S_J: torch.Tensor | None = None,
     *,
     nu: int = 1,
     omega: float = 0.66,
@@ -205,23 +204,22 @@ def twogrid_error_loss(
     generator: torch.Generator | None = None,
     normalize: bool = True,
 ) -> torch.Tensor:
-    r"""Two-grid error-propagation loss :math:`\|S_J C S_J\|_F^2` (Luz et al. 2020).
+    r"""Two-grid error-propagation loss :math:`\|G^\nu C G^\nu\|_F^2` (Luz et al. 2020).
 
-    With the weighted-Jacobi smoother :math:`S_J = (I - \omega D^{-1}A)^{\nu}` and the
-    Galerkin coarse-grid correction :math:`C = I - P (P^T A P)^{-1} P^T A`, the two-grid
-    error-propagation matrix is :math:`M = S_J C S_J` (``nu`` pre- and post-sweeps). This
-    is the objective of the GNN baseline; unlike Eq. (4) it does not need ``P``
-    orthonormal, and it is not rank-nested.
+    With the weighted-Jacobi iteration matrix :math:`G = I - \omega D^{-1}A` (``nu`` pre-
+    and post-sweeps) and the Galerkin coarse-grid correction
+    :math:`C = I - P (P^T A P)^{-1} P^T A`, the two-grid error-propagation matrix is
+    :math:`E = G^\nu C G^\nu`. This is the objective of the GNN baseline; unlike Eq. (4)
+    it does not need ``P`` orthonormal, and it is not rank-nested.
 
     Two evaluation modes:
 
-    * exact (``probes=None``): forms ``M`` densely, for small ``n``. ``A`` must be dense
-      (a sparse ``A`` is converted with ``to_dense()``).
-    * Hutchinson (``probes=m``): :math:`\|M\|_F^2 = \mathbb{E}\|Mz\|^2` for any random
+    * exact (``probes=None``): forms ``E`` densely, for small ``n`` (a sparse ``A`` is
+      converted with ``to_dense()``).
+    * Hutchinson (``probes=m``): :math:`\|E\|_F^2 = \mathbb{E}\|Ez\|^2` for any random
       ``z`` with :math:`\mathbb{E}[zz^T] = I`; the estimate is the mean of
-      :math:`\|Mz_i\|^2` over ``m`` Rademacher probes, unbiased, and uses only products
-      with ``A`` (dense or a 2-D torch sparse tensor, applied with
-      :func:`torch.sparse.mm`), so ``M`` is never formed.
+      :math:`\|Ez_i\|^2` over ``m`` Rademacher probes, unbiased, using only products with
+      ``A`` (dense, or a 2-D torch sparse tensor applied with :func:`torch.sparse.mm`).
 
     Parameters
     ----------
@@ -230,9 +228,6 @@ def twogrid_error_loss(
         (COO or CSR) shared by the whole batch.
     P : torch.Tensor
         Coarse basis ``(n, r)`` or ``(batch, n, r)``, full column rank.
-    S_J : torch.Tensor, optional
-        The smoother matrix itself (already raised to the power ``nu``), dense or sparse.
-        When given, ``nu`` and ``omega`` are ignored.
     nu : int, default 1
         Number of Jacobi sweeps on each side.
     omega : float, default 0.66
@@ -242,21 +237,25 @@ def twogrid_error_loss(
     generator : torch.Generator, optional
         Random generator for the probes (on the device of ``P``), for reproducibility.
     normalize : bool, default True
-        Divide by ``n``, so the value is the mean squared singular value of ``M`` (the
-        identity scores 1) and comparable across mesh sizes. With ``False`` the raw
-        :math:`\|M\|_F^2` is returned.
+        Divide by ``n``, so the value is the mean squared singular value of ``E`` (the
+        identity scores 1) and comparable across mesh sizes.
 
     Returns
     -------
     torch.Tensor
-        Scalar: the mean over the batch of :math:`\|M\|_F^2 / n` (or of the estimate).
+        Scalar: the mean over the batch of :math:`\|E\|_F^2 / n` (or of the estimate).
         Differentiable with respect to ``P`` (and ``A`` if it requires grad).
+
+    Raises
+    ------
+    ValueError
+        If ``P`` is not 2-D or 3-D, ``A`` does not match it, ``nu < 0`` or ``probes < 1``.
 
     Examples
     --------
     >>> import torch
     >>> A = torch.tensor([[2.0, -1.0], [-1.0, 2.0]], dtype=torch.float64)
-    >>> loss = twogrid_error_loss(A, torch.eye(2, dtype=torch.float64))  # full rank: C = 0
+    >>> loss = twogrid_loss(A, torch.eye(2, dtype=torch.float64))  # full rank: C = 0
     >>> bool(loss < 1e-12)
     True
     """
@@ -273,23 +272,15 @@ def twogrid_error_loss(
     sparse = A.is_sparse or A.layout in (torch.sparse_csr, torch.sparse_csc)
     if probes is None and sparse:
         A = A.to_dense()
-        sparse = False
 
     AP = _matmul(A, Pb)  # (batch, n, r)
     Ac = Pb.transpose(-1, -2) @ AP  # Galerkin coarse operator (batch, r, r)
+    Dinv = (1.0 / _diagonal(A)).unsqueeze(-1)  # broadcasts over the columns of X
 
-    if S_J is None:
-        Dinv = 1.0 / _diagonal(A)
-        Dinv = Dinv.unsqueeze(-1)  # broadcasts over the columns of X
-
-        def smooth(X: torch.Tensor) -> torch.Tensor:
-            for _ in range(nu):
-                X = X - omega * Dinv * _matmul(A, X)
-            return X
-    else:
-
-        def smooth(X: torch.Tensor) -> torch.Tensor:
-            return _matmul(S_J, X)
+    def smooth(X: torch.Tensor) -> torch.Tensor:
+        for _ in range(nu):
+            X = X - omega * Dinv * _matmul(A, X)
+        return X
 
     def coarse_correct(X: torch.Tensor) -> torch.Tensor:
         # C X = X - P Ac^{-1} P^T A X, with P^T A X = (A P)^T X since A is symmetric.
@@ -302,8 +293,8 @@ def twogrid_error_loss(
         bits = torch.randint(0, 2, (batch, n, probes), generator=generator, device=Pb.device)
         Z = bits.to(Pb.dtype) * 2.0 - 1.0  # Rademacher: E[z z^T] = I
 
-    MZ = smooth(coarse_correct(smooth(Z)))
-    value = MZ.square().sum(dim=(-2, -1))  # (batch,): ||M||_F^2 or sum_i ||M z_i||^2
+    EZ = smooth(coarse_correct(smooth(Z)))
+    value = EZ.square().sum(dim=(-2, -1))  # (batch,): ||E||_F^2 or sum_i ||E z_i||^2
     if probes is not None:
         value = value / probes
     if normalize:

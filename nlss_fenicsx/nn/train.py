@@ -1,18 +1,26 @@
-"""Training loop for the NLSS model (and the subspace-loss ablation).
+"""Training: one loop for the NLSS MLP and the GNN baseline, resumable, atomic checkpoints.
 
-Read it top to bottom: build the model and the optimiser (or resume both from the
-checkpoint at ``out``), draw data, permute the columns of S at random (the left singular
-subspace does not depend on their order), take an Adam step, evaluate now and then on a
-held-out set, and checkpoint atomically now and then, at the end, and when interrupted
-(Ctrl-C or SIGTERM). A resumed run continues at the saved step with the saved optimiser
-state and sees the same data it would have seen without the interruption.
+Read :func:`train` top to bottom: build the model and the optimiser (or resume both from
+the checkpoint at ``out``), draw instances (the paper's families, or the user's
+``sampler``), take one Adam step per batch (the MLP on the NLSS or subspace loss with the
+columns of ``S`` permuted at random, the GNN on the two-grid loss), evaluate on held-out
+instances now and then, and checkpoint atomically now and then and when interrupted
+(Ctrl-C or SIGTERM). At the end the MLP's int8 copy is calibrated
+(:func:`nlss_fenicsx.nn.calibration.calibrate`) and the final checkpoint written. A resumed run
+continues at the saved step with the saved optimiser state and sees the data it would have
+seen without the interruption, so it ends bit-identical to an uninterrupted one.
+
+A non-finite loss stops training at once (:class:`DivergedError`); the last checkpoint
+written stays as it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import resource
 import signal
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -21,76 +29,167 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nlss_fenicsx.nn.data import DataConfig, FreshSampler, instance_seed, load_dataset
-from nlss_fenicsx.nn.losses import captured_energy, nlss_loss, subspace_loss
-from nlss_fenicsx.nn.model import CheckpointError, MLPConfig, NLSSModel
+from nlss_fenicsx.nn.calibration import CALIBRATION_FIT, CALIBRATION_HELD, calibrate
+from nlss_fenicsx.nn.checkpoint import CheckpointError
+from nlss_fenicsx.nn.data import DataConfig, Instances, instance_seed
+from nlss_fenicsx.nn.gnn import GNNConfig, GNNModel, graph_from_csr
+from nlss_fenicsx.nn.losses import captured_energy, nlss_loss, subspace_loss, twogrid_loss
+from nlss_fenicsx.nn.model import MLPConfig, NLSSModel
 from nlss_fenicsx.nn.optim import BackwardAdam
 
-__all__ = ["LOSSES", "TrainConfig", "evaluate", "peak_rss_mib", "train"]
+__all__ = ["ARCH_DEFAULTS", "DivergedError", "TrainConfig", "evaluate", "peak_rss_mib", "train"]
 
-LOSSES = {"nlss": nlss_loss, "subspace": subspace_loss}
+ARCH_DEFAULTS = {
+    "mlp": {"loss": "nlss", "lr": 1e-3, "hidden": (128, 256, 256, 128), "n_eval": 8},
+    # The authors' GNN: width 488, 5 layers, Adam 1e-4.
+    "gnn": {"loss": "twogrid", "lr": 1e-4, "hidden": (488,) * 5, "n_eval": 2},
+}
+_LOSSES = {"mlp": {"nlss": nlss_loss, "subspace": subspace_loss}, "gnn": {"twogrid": None}}
+EXACT_LOSS_MAX_N = 1024  # above this the GNN's loss is a Hutchinson estimate
+DEFAULT_PROBES = 8
+
+
+class DivergedError(RuntimeError):
+    """Training stopped at the first non-finite loss (or weights); one line.
+
+    Attributes
+    ----------
+    step : int
+        The step whose loss was not finite.
+    checkpoint : pathlib.Path or None
+        The last good checkpoint, left as it was (``None`` if none was written).
+    """
+
+    def __init__(self, message: str, *, step: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.checkpoint = checkpoint
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that defines a training run (stored in the checkpoint).
 
-    The defaults are the authors' code protocol: N=64, K=72, r_max=72, 1000 steps of
-    one fresh instance each, Adam with learning rate 1e-3, the paper's MLP widths.
+    Defaults follow the authors' code: N=64, K=72, r_max=72, 1000 steps of one fresh
+    instance each. Fields left ``None`` take their architecture's default
+    (:data:`ARCH_DEFAULTS`) at construction, so the stored config is explicit.
+
+    Parameters
+    ----------
+    arch : {'mlp', 'gnn'}
+        The paper's MLP with QR head, or the GNN baseline.
+    pde, N, K, preset, sweeps, omega : optional
+        The paper's family and mesh (:class:`~nlss_fenicsx.nn.data.DataConfig`); with a
+        user's ``sampler``, ``pde`` is only a label and ``N`` and ``preset`` are unused.
+    r_max : int
+        Largest coarse rank, ``<= K``.
+    loss : {'nlss', 'subspace'} (mlp) or 'twogrid' (gnn)
+    steps, lr, batch, seed : int, float, int, int
+        Adam steps, learning rate, instances per step, seed of everything random.
+    protocol : {'code', 'dataset'}
+        A fresh instance per step, or the paper's fixed ``n_train``/``n_test`` set (MLP).
+    hidden : tuple of int
+        MLP hidden widths; for the GNN ``(width,) * layers``.
+    layernorm : bool
+        LayerNorm in the MLP's hidden layers.
+    nu, probes : int, int or None
+        GNN loss: Jacobi sweeps on each side, Hutchinson probes (``None``: exact for
+        ``n <= 1024``, else 8).
+    n_eval, eval_every, ckpt_every : int
+        Held-out instances, evaluation and checkpoint cadence (they do not change the
+        trained weights).
+
+    Raises
+    ------
+    ValueError
+        Naming the field, what is expected and what was given.
     """
 
+    arch: str = "mlp"
     pde: str = "diffusion"
     N: int = 64
     K: int = 72
     r_max: int = 72
-    loss: str = "nlss"
+    loss: str | None = None
     steps: int = 1000
-    lr: float = 1e-3
+    lr: float | None = None
     batch: int = 1
     seed: int = 0
     protocol: str = "code"
     preset: str = "default"
-    hidden: tuple[int, ...] = (128, 256, 256, 128)
+    hidden: tuple[int, ...] | None = None
     layernorm: bool = True
     sweeps: int = 10
     omega: float = 0.66
+    nu: int = 1
+    probes: int | None = None
     n_train: int = 1000
     n_test: int = 100
-    n_eval: int = 8
+    n_eval: int | None = None
     eval_every: int = 100
-    ckpt_every: int = 250  # a paper-size checkpoint with Adam state is ~0.9 GB
+    ckpt_every: int = 250
 
-    def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise ValueError(f"Unrecognized loss {self.loss!r}; expected one of {tuple(LOSSES)}")
-        if self.protocol not in ("code", "dataset"):
-            raise ValueError(f"Unrecognized protocol {self.protocol!r}; expected 'code' or "
-                             "'dataset'")
-        for name in ("steps", "batch", "eval_every", "ckpt_every", "r_max"):
+    def __post_init__(self) -> None:
+        if self.arch not in ARCH_DEFAULTS:
+            raise ValueError(f"Unrecognized arch {self.arch!r}; expected one of "
+                             f"{tuple(ARCH_DEFAULTS)}")
+        for name, value in ARCH_DEFAULTS[self.arch].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.loss not in _LOSSES[self.arch]:
+            raise ValueError(f"Unrecognized loss {self.loss!r} for arch {self.arch!r}; "
+                             f"expected one of {tuple(_LOSSES[self.arch])}")
+        if self.protocol not in ("code", "dataset") or (self.arch == "gnn"
+                                                        and self.protocol != "code"):
+            raise ValueError(f"Unrecognized protocol {self.protocol!r} for arch {self.arch!r}; "
+                             "expected 'code' (or 'dataset' for the mlp)")
+        for name in ("steps", "batch", "eval_every", "ckpt_every", "r_max", "n_eval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.r_max > self.K:
             raise ValueError(f"r_max must be <= K, got r_max={self.r_max} > K={self.K}")
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        self.data  # noqa: B018 - validates pde, preset, N and K
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive finite number, got {self.lr}")
+        if self.nu < 0 or (self.probes is not None and self.probes < 1):
+            raise ValueError(f"expected nu >= 0 and probes >= 1 or None; got nu={self.nu}, "
+                             f"probes={self.probes}")
+        if any(h < 1 for h in self.hidden) or (self.arch == "gnn" and (
+                not self.hidden or len(set(self.hidden)) != 1)):
+            raise ValueError(f"hidden must hold positive widths (for the gnn: one width "
+                             f"repeated per layer, e.g. (488,) * 5); got {self.hidden}")
+        from nlss_fenicsx.grid import FAMILIES
+
+        if self.pde in FAMILIES:
+            self.data  # noqa: B018 - validates preset, N and K (a label needs a sampler)
 
     @property
     def data(self) -> DataConfig:
+        """Return the paper's instance family of this run."""
         return DataConfig(pde=self.pde, N=self.N, K=self.K, sweeps=self.sweeps,
                           omega=self.omega, preset=self.preset)
 
-    @property
-    def mlp(self) -> MLPConfig:
-        return MLPConfig(n=(self.N + 1) ** 2, K=self.K, r_max=self.r_max, hidden=self.hidden,
+    def net_config(self, n: int) -> MLPConfig | GNNConfig:
+        """Return the architecture for ``n`` unknowns."""
+        if self.arch == "gnn":
+            return GNNConfig(n=n, K=self.K, r_max=self.r_max, width=self.hidden[0],
+                             layers=len(self.hidden))
+        return MLPConfig(n=n, K=self.K, r_max=self.r_max, hidden=self.hidden,
                          layernorm=self.layernorm)
 
+    def loss_probes(self, n: int) -> int | None:
+        """Return the probes of the GNN's loss for ``n`` unknowns: ``None`` (exact) or a count."""
+        if self.probes is not None:
+            return self.probes
+        return None if n <= EXACT_LOSS_MAX_N else DEFAULT_PROBES
+
     def as_dict(self) -> dict:
-        d = asdict(self)
-        d["hidden"] = list(self.hidden)
-        return d
+        """Plain-python form (``hidden`` as a list), as stored in checkpoints."""
+        return {**asdict(self), "hidden": list(self.hidden)}
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """Inverse of :meth:`as_dict` (unknown keys ignored)."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: (tuple(v) if k == "hidden" else v) for k, v in d.items() if k in known})
 
@@ -102,7 +201,10 @@ def peak_rss_mib() -> float:
 
 @torch.no_grad()
 def evaluate(net, S_test: torch.Tensor, ranks, svd_energy: np.ndarray) -> dict:
-    """Mean captured energy at ``ranks`` on a test set, and its gap to the exact SVD."""
+    """Measure the mean captured energy (paper Eq. 8) at ``ranks`` on a test set.
+
+    Also its gap to the exact SVD's (``svd_energy``, one value per rank).
+    """
     P = net(S_test)
     out = {}
     for i, r in enumerate(ranks):
@@ -118,10 +220,19 @@ def _svd_energies(S_test: np.ndarray, ranks) -> np.ndarray:
     return np.array([np.mean(sig2[:, :r].sum(axis=1) / total) for r in ranks])
 
 
+def _gnn_item(A, S):
+    """One GNN instance as tensors: S, the graph of A, and A as float64 sparse COO."""
+    edge_index, edge_attr = graph_from_csr(A)
+    coo = A.tocoo()
+    A_t = torch.sparse_coo_tensor(np.stack([coo.row, coo.col]).astype(np.int64),
+                                  coo.data.astype(np.float64), coo.shape,
+                                  check_invariants=False).coalesce()
+    return torch.from_numpy(S), edge_index, edge_attr, A_t
+
+
 @contextlib.contextmanager
 def _deferred_stop():
-    """Catch SIGINT/SIGTERM as a flag, checked between steps, so a checkpoint is never
-    taken half-way through an optimiser step."""
+    """SIGINT/SIGTERM become a flag checked between steps (never half a step saved)."""
     flag = {"stop": False}
 
     def handler(signum, frame):
@@ -140,173 +251,238 @@ def _deferred_stop():
             signal.signal(sig, previous)
 
 
-def run_steps(*, start: int, steps: int, batch_at, step_fn, eval_fn, eval_every: int,
-              ckpt_every: int, save, where, desc: str, progress: bool,
-              log) -> tuple[int, float]:
-    """The loop both trainers share.
+class _Progress:
+    """A bar on a terminal; off a terminal one line every 10 % or 30 s (issue 15.11)."""
 
-    A background worker builds batch ``t+1`` (mesh, assembly, smoothing) while step ``t``
-    runs; ``step_fn(batch, step) -> loss`` takes one optimiser step; ``eval_fn(step, loss)``
-    returns a log line (or ``None``) every ``eval_every`` steps; ``save(step, seconds)``
-    checkpoints every ``ckpt_every`` steps, at the end, and on SIGINT/SIGTERM (caught as a
-    flag between steps, then re-raised as ``KeyboardInterrupt``).
+    def __init__(self, total: int, start: int, desc: str, enabled: bool, log) -> None:
+        self.total, self.desc, self.log = total, desc, log
+        self.bar = None
+        self.lines = enabled and not sys.stderr.isatty()
+        if enabled and not self.lines:
+            from tqdm.auto import tqdm
 
-    Returns the final step and the seconds spent in steps.
-    """
-    from tqdm.auto import tqdm
+            self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True)
+        self.t0 = self.last = time.monotonic()
+        self.next_pct = (start * 10 // total + 1) * 10
 
-    step, elapsed = start, 0.0
-    bar = tqdm(total=steps, initial=start, desc=desc, disable=None if progress else True,
-               dynamic_ncols=True)
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending = pool.submit(batch_at, start) if start < steps else None
+    def update(self, step: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.4f}")
+        elif self.lines:
+            now, pct = time.monotonic(), 100 * step // self.total
+            if pct >= self.next_pct or now - self.last >= 30 or step == self.total:
+                self.log(f"{self.desc}: step {step}/{self.total} ({pct} %), loss {loss:.4f}, "
+                         f"{now - self.t0:.0f} s")
+                self.last, self.next_pct = now, (pct // 10 + 1) * 10
+
+    def note(self, line: str) -> None:
+        """Print an evaluation line unless a bar shows the run."""
+        if self.bar is None:
+            self.log(line)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _resume(out: Path, cfg: TrainConfig, stream: Instances, device):
+    cls = GNNModel if cfg.arch == "gnn" else NLSSModel
     try:
-        with _deferred_stop() as flag:
-            while step < steps:
-                if flag["stop"]:
-                    raise KeyboardInterrupt
-                t0 = time.perf_counter()
-                batch = pending.result()
-                pending = pool.submit(batch_at, step + 1) if step + 1 < steps else None
-                loss = step_fn(batch, step)
-                step += 1
-                elapsed += time.perf_counter() - t0
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}")
-                if step % eval_every == 0 or step == steps:
-                    line = eval_fn(step, loss)
-                    if line and not progress:
-                        log(line)
-                if step % ckpt_every == 0 or step == steps:
-                    save(step, elapsed)
-    except KeyboardInterrupt:
-        save(step, elapsed)
-        log(f"interrupted at step {step}; checkpoint saved to {where} (run again to resume)")
-        raise KeyboardInterrupt from None
-    finally:
-        bar.close()
-        pool.shutdown(wait=True, cancel_futures=True)
-    return step, elapsed
-
-
-def _resume(out: Path, cfg: TrainConfig, device) -> NLSSModel | None:
-    if not out.exists():
-        return None
-    try:
-        model = NLSSModel.load(out, map_location=device)
+        model = cls.load(out, map_location=device)
     except CheckpointError as err:
         raise CheckpointError(f"cannot resume from {out}: {err}; delete it or choose another "
-                              "--out") from err
-    saved = model.metadata.get("extra", {}).get("train_config")
-    if saved is None or TrainConfig.from_dict(saved) != cfg:
-        diff = sorted(k for k, v in cfg.as_dict().items() if (saved or {}).get(k) != v)
+                              "--out") from None
+    saved = model.train_state.get("config") or {}
+    want = cfg.as_dict()
+    diff = sorted(k for k in want if saved.get(k) != want[k])
+    mesh = stream.settings().get("mesh_id")
+    if mesh != model.settings.mesh_id:
+        diff.append("mesh")
+    if diff:
         raise CheckpointError(f"checkpoint {out} was trained with different settings "
-                              f"({', '.join(diff) or 'unknown'}); use another --out or the "
-                              "same settings to resume")
+                              f"({', '.join(diff)}); use another --out or the same settings "
+                              "to resume")
     return model
 
 
-def train(cfg: TrainConfig, out: str | Path, *, device: str = "cpu", resume: bool = True,
-          progress: bool = True, log=print) -> NLSSModel:
+def train(cfg: TrainConfig, out: str | Path, *, sampler=None, device: str = "cpu",
+          resume: bool = True, progress: bool = True, log=print) -> NLSSModel | GNNModel:
     """Train (or resume) a model and write its checkpoint to ``out``.
 
     Parameters
     ----------
     cfg : TrainConfig
-    out : path
-        Checkpoint file; written atomically every ``cfg.ckpt_every`` steps, at the end and
-        on interruption. An existing file with the same settings is resumed.
-    device : {'cpu', 'cuda'} or torch.device
+    out : str or pathlib.Path
+        Checkpoint file; written atomically every ``cfg.ckpt_every`` steps, on interruption
+        (then ``KeyboardInterrupt`` is re-raised) and at the end (if that final write
+        fails, the model is kept in the recovery folder: ``RecoveredError``). An existing
+        file with the same settings is resumed; other settings raise ``CheckpointError``.
+    sampler : callable, optional
+        ``sampler(t) -> S`` (``(n, K)`` float32 in the node order of the user's mesh), or
+        ``-> (A_csr, S)`` (required for ``arch='gnn'``), deterministic in ``t``: called with
+        ``t = 0 .. steps*batch - 1`` for training and with the indices after those for the
+        held-out evaluation and int8 calibration instances. Optional attributes recorded
+        in the checkpoint: ``mesh_id``, ``node_order`` (default ``'mesh'``), ``sweeps``,
+        ``omega`` (e.g. ``nlss_fenicsx.pdes.smoothed_sampler``). Default: the paper's
+        fresh instance per step of ``cfg``'s family (grid order).
+    device : str or torch.device
+        ``'cpu'`` or ``'cuda'``.
     resume : bool
-        Continue from ``out`` if it exists (else start over and overwrite).
+        Continue from ``out`` if it exists (else start over and overwrite it).
     progress : bool
-        Show a progress bar with the loss.
+        A progress bar on a terminal; off a terminal a line every 10 % or 30 s, and the
+        evaluation lines, through ``log``.
     log : callable
-        Where evaluation lines go.
+        Receives those lines and the interruption note.
 
     Returns
     -------
-    NLSSModel
-        The trained model; ``model.metadata['extra']`` holds the history and timings.
+    NLSSModel or GNNModel
+        In evaluation mode; ``train_state`` holds the config, history and timings, and an
+        MLP's ``int8_calibration`` the calibration of its int8 copy.
+
+    Raises
+    ------
+    DivergedError
+        At the first non-finite loss (or non-finite weights at a checkpoint), one line;
+        the last checkpoint written is kept.
+    ValueError
+        Bad settings, a sampler returning the wrong shape, no CUDA device.
+    CheckpointError
+        ``out`` exists but cannot be resumed (other settings, corrupt).
     """
-    out = Path(out)
-    device = torch.device(device)
+    out, device = Path(out), torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    stream = Instances(cfg, sampler)
     torch.manual_seed(cfg.seed)
-    model = _resume(out, cfg, device) if resume else None
-    start = 0
+    model = _resume(out, cfg, stream, device) if resume and out.exists() else None
     if model is None:
-        model = NLSSModel(cfg.mlp, N=cfg.N, pde=cfg.pde, preset=cfg.preset, loss=cfg.loss,
-                          extra={"train_config": cfg.as_dict()})
-    else:
-        start = int(model.step or 0)
-    net = model.net.to(device)
-    # Adam's update reads and writes every parameter and both moments: at 78M parameters
-    # it, not the matrix products, bounds a step. The fused kernel makes it one pass, and
-    # running it inside backward, parameter by parameter, frees each gradient at once.
+        cls = GNNModel if cfg.arch == "gnn" else NLSSModel
+        model = cls(cfg.net_config(stream.n), loss=cfg.loss, **stream.settings())
+        model.train_state = {"config": cfg.as_dict(), "history": [], "seconds": 0.0}
+    start = last_saved = int(model.step or 0)
+    net = model.net.to(device).train()
+    # Adam's update, not the matrix products, bounds a paper-size MLP step: the fused
+    # kernel runs inside backward, parameter by parameter, freeing each gradient at once.
     opt = BackwardAdam(net.parameters(), lr=cfg.lr)
     if model.optimizer_state is not None:
         opt.load_state_dict(model.optimizer_state)
-    extra = dict(model.metadata.get("extra", {}))
-    history = list(extra.get("history", []))
-    elapsed = float(extra.get("train_seconds", 0.0))
-    loss_fn = LOSSES[cfg.loss]
+    state = model.train_state
+    history, elapsed0 = state.setdefault("history", []), float(state.get("seconds", 0.0))
 
-    # Data: a held-out set for evaluation, and a function that returns batch t.
-    if cfg.protocol == "dataset":
-        train_set, test_set = load_dataset(cfg.data, n_train=cfg.n_train, n_test=cfg.n_test,
-                                           seed=cfg.seed, progress=progress)
-        S_eval = test_set[: cfg.n_eval]
-
-        def batch_at(t: int) -> np.ndarray:
-            per_epoch = max(1, len(train_set) // cfg.batch)
-            epoch, k = divmod(t, per_epoch)
-            order = np.random.default_rng(instance_seed(cfg.seed + 2_000_003, epoch)).permutation(
-                len(train_set))
-            return train_set[order[k * cfg.batch:(k + 1) * cfg.batch]]
+    n_extra = CALIBRATION_FIT + CALIBRATION_HELD if cfg.arch == "mlp" else 0
+    held = [stream.get(i, held=True) for i in range(cfg.n_eval + n_extra)]
+    if cfg.arch == "mlp":
+        S_eval = np.stack([S for _, S in held[:cfg.n_eval]])
+        ranks = sorted({max(1, cfg.r_max // d) for d in (8, 4, 2, 1)})
+        svd_energy, S_eval_t = _svd_energies(S_eval, ranks), torch.as_tensor(S_eval,
+                                                                              device=device)
+        loss_fn = _LOSSES["mlp"][cfg.loss]
     else:
-        sampler = FreshSampler(cfg.data, seed=cfg.seed)
-        S_eval = sampler.test_set(cfg.n_eval)
+        held_items = [_gnn_item(A, S) for A, S in held]
+        probes = cfg.loss_probes(stream.n)
 
-        def batch_at(t: int) -> np.ndarray:
-            return sampler.batch(t * cfg.batch, cfg.batch)
+    def batch_at(t: int):
+        ids = range(t * cfg.batch, (t + 1) * cfg.batch)
+        if stream.train_set is not None:  # the paper's fixed set, reshuffled every epoch
+            per_epoch = max(1, len(stream.train_set) // cfg.batch)
+            epoch, k = divmod(t, per_epoch)
+            order = np.random.default_rng(instance_seed(cfg.seed + 2_000_003, epoch)
+                                          ).permutation(len(stream.train_set))
+            return stream.train_set[order[k * cfg.batch:(k + 1) * cfg.batch]]
+        items = [stream.get(i) for i in ids]
+        return np.stack([S for _, S in items]) if cfg.arch == "mlp" else \
+            [_gnn_item(A, S) for A, S in items]
 
-    ranks = sorted({max(1, cfg.r_max // 8), max(1, cfg.r_max // 4), max(1, cfg.r_max // 2),
-                    cfg.r_max})
-    svd_energy = _svd_energies(S_eval, ranks)
-    S_eval_t = torch.as_tensor(S_eval, device=device)
+    def gnn_loss(items, generator) -> torch.Tensor:
+        S = torch.stack([it[0] for it in items]).to(device)
+        P = net(S, [it[1].to(device) for it in items], [it[2].to(device) for it in items])
+        return torch.stack([twogrid_loss(it[3].to(device), P[b].double(), nu=cfg.nu,
+                                         omega=cfg.omega, probes=probes, generator=generator)
+                            for b, it in enumerate(items)]).mean()
 
-    def save(step: int, seconds: float) -> None:
-        extra.update(history=history, train_seconds=elapsed + seconds,
-                     peak_rss_mib=peak_rss_mib(), device=str(device))
-        model.save(out, optimizer=opt, step=step, extra=extra)
-
-    def step_fn(S_np: np.ndarray, step: int) -> float:
-        S = torch.as_tensor(S_np, device=device)
-        g = torch.Generator().manual_seed(instance_seed(cfg.seed + 7, step))
-        perm = torch.stack([torch.randperm(cfg.K, generator=g) for _ in range(len(S))])
-        S = torch.take_along_dim(S, perm.to(device)[:, None, :], dim=2)
-        loss = loss_fn(net(S), S)
-        loss.backward()  # BackwardAdam updates each parameter here and frees its gradient
-        return float(loss.item())
+    def step_fn(batch, step: int) -> float:
+        g_seed = instance_seed(cfg.seed + 7, step)
+        if cfg.arch == "mlp":
+            S = torch.as_tensor(batch, device=device)
+            g = torch.Generator().manual_seed(g_seed)  # column order: S's span ignores it
+            perm = torch.stack([torch.randperm(cfg.K, generator=g) for _ in range(len(S))])
+            S = torch.take_along_dim(S, perm.to(device)[:, None, :], dim=2)
+            loss = loss_fn(net(S), S)
+        else:
+            loss = gnn_loss(batch, torch.Generator(device=device).manual_seed(g_seed))
+        value = float(loss.item())
+        if not math.isfinite(value):
+            diverged(step + 1, f"the loss became non-finite ({value})")
+        loss.backward()  # BackwardAdam updates each parameter here
+        return value
 
     def eval_fn(step: int, loss: float) -> str:
         net.eval()
-        ev = evaluate(net, S_eval_t, ranks, svd_energy)
+        if cfg.arch == "mlp":
+            ev = evaluate(net, S_eval_t, ranks, svd_energy)
+        else:
+            with torch.no_grad():
+                ev = {"eval_loss": float(gnn_loss(held_items, torch.Generator(
+                    device=device).manual_seed(cfg.seed + 11)))}
         net.train()
         history.append({"step": step, "loss": loss, **ev})
         return f"step {step}: loss {loss:.4f}, " + ", ".join(
-            f"{k} {v:.4f}" for k, v in ev.items() if k.startswith("gap"))
+            f"{k} {v:.4f}" for k, v in ev.items() if not k.startswith("energy"))
 
+    def diverged(step: int, what: str):
+        kept = (f"kept the checkpoint of step {last_saved} at {out}" if out.exists()
+                else f"nothing was written to {out}")
+        raise DivergedError(f"training diverged: {what} at step {step} (lr={cfg.lr:g}); "
+                            f"{kept}", step=step, checkpoint=out if out.exists() else None)
+
+    def save(step: int, seconds: float, *, final: bool = False) -> None:
+        nonlocal last_saved
+        if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
+            diverged(step, "the weights became non-finite")
+        state.update(seconds=elapsed0 + seconds, peak_rss_mib=peak_rss_mib(), device=str(device))
+        model.save(out, optimizer=opt, step=step, recover=final)
+        last_saved = step
+
+    desc = f"train {cfg.pde} {cfg.arch} {cfg.loss}"
+    bar = _Progress(cfg.steps, start, desc, progress, log)
+    pool = ThreadPoolExecutor(max_workers=1) if sampler is None else None  # prefetch
+    step, elapsed = start, 0.0
     try:
-        step, _ = run_steps(start=start, steps=cfg.steps, batch_at=batch_at, step_fn=step_fn,
-                            eval_fn=eval_fn, eval_every=cfg.eval_every,
-                            ckpt_every=cfg.ckpt_every, save=save, where=out,
-                            desc=f"train {cfg.pde} {cfg.loss}", progress=progress, log=log)
+        with _deferred_stop() as flag:
+            pending = pool.submit(batch_at, start) if pool and start < cfg.steps else None
+            while step < cfg.steps:
+                if flag["stop"]:
+                    raise KeyboardInterrupt
+                t0 = time.perf_counter()
+                batch = pending.result() if pending else batch_at(step)
+                if pool and step + 1 < cfg.steps:
+                    pending = pool.submit(batch_at, step + 1)
+                loss = step_fn(batch, step)
+                step += 1
+                elapsed += time.perf_counter() - t0
+                bar.update(step, loss)
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    bar.note(eval_fn(step, loss))
+                if step % cfg.ckpt_every == 0 and step < cfg.steps:
+                    save(step, elapsed)
+    except KeyboardInterrupt:
+        save(step, elapsed)
+        log(f"interrupted at step {step}; checkpoint saved to {out} (run again to resume)")
+        raise KeyboardInterrupt from None
     finally:
+        bar.close()
+        if pool:
+            pool.shutdown(wait=True, cancel_futures=True)
         opt.remove()  # the module is left as a plain module, whatever happened
     net.eval()
+    calibrated = cfg.arch == "mlp" and model.int8_calibration is None
+    if calibrated:  # decided once, here, and stored: loading never generates data
+        calib = [S for _, S in held[cfg.n_eval:]]
+        model.int8_calibration = calibrate(net, calib[:CALIBRATION_FIT], calib[CALIBRATION_FIT:])
+    if calibrated or last_saved != step:
+        save(step, elapsed, final=True)
     model.step = step
-    model.metadata["extra"] = extra
     return model
