@@ -15,28 +15,40 @@ node index is the grid index, so node order there equals grid order.
 Collective errors. A check that fails on one rank only must not leave the other ranks
 waiting in the next collective operation: :func:`collective` and
 :func:`raise_collectively` turn any rank's exception into the same exception on every rank.
+They, :func:`check_converged` and :func:`python_errors` live in the private
+``nlss_fenicsx._errors`` (no petsc4py needed to import it) and are re-exported here.
 """
 
 from __future__ import annotations
 
-import pickle
-from contextlib import contextmanager
-
 import numpy as np
 import scipy.sparse as sp
 
+from nlss_fenicsx._errors import (
+    check_converged,
+    collective,
+    converged_reason_name,
+    python_errors,
+    raise_collectively,
+)
 from nlss_fenicsx._fenicsx import MPI, PETSc
+from nlss_fenicsx.relaxation import lambda_max_estimate, start_vector
 from nlss_fenicsx.smoothing import RENORM_EVERY, gaussian_start
 
 __all__ = [
     "NODE_ORDER_KEY",
     "attach_grid_order",
     "attach_node_order",
+    "check_converged",
     "collective",
+    "converged_reason_name",
     "dense_from_rows",
+    "lambda_max_petsc",
+    "mat_from_rows",
     "near_nullspace_rows",
     "node_order_of",
     "petsc_to_csr",
+    "python_errors",
     "raise_collectively",
     "smoothed_vectors_petsc",
     "start_block",
@@ -47,85 +59,6 @@ NODE_ORDER_KEY = "nlss_node_order"
 
 def _comm_of(A):
     return A.getComm().tompi4py()
-
-
-# ------------------------------------------------------------------ collective errors
-
-
-def _shareable(err: BaseException) -> BaseException:
-    """``err`` itself if it survives pickling (to send to other ranks), else a RuntimeError."""
-    try:
-        pickle.loads(pickle.dumps(err))
-    except Exception:  # an exception type that cannot travel: keep its text
-        return RuntimeError(f"{type(err).__name__}: {err}")
-    return err
-
-
-def raise_collectively(comm, err: BaseException | None) -> None:
-    """Raise the same exception on every rank if any rank passes one.
-
-    Collective over ``comm``: every rank must call it. Ranks that passed ``None`` raise a
-    copy of the exception of the lowest failing rank; that rank raises its own (with its
-    traceback). Other failing ranks also raise the lowest rank's, so every rank reports the
-    same one line.
-
-    Parameters
-    ----------
-    comm : mpi4py.MPI.Comm or None
-        ``None`` or a one-rank communicator: ``err`` is raised as it is.
-    err : BaseException or None
-        This rank's failure, if any.
-
-    Raises
-    ------
-    BaseException
-        The lowest failing rank's exception, when any rank failed.
-
-    Examples
-    --------
-    >>> raise_collectively(None, None)  # nothing failed: returns
-    """
-    if comm is None or comm.size == 1:
-        if err is not None:
-            raise err
-        return
-    failed = comm.allgather(err is not None)
-    if not any(failed):
-        return
-    root = failed.index(True)
-    shared = comm.bcast(_shareable(err) if comm.rank == root else None, root=root)
-    if comm.rank == root:
-        raise err
-    raise shared
-
-
-@contextmanager
-def collective(comm):
-    """Run a block of LOCAL work; any rank's exception is raised on every rank.
-
-    The block must not contain collective operations (a rank that raised early would
-    leave the others waiting in them). ``KeyboardInterrupt`` is not caught.
-
-    Parameters
-    ----------
-    comm : mpi4py.MPI.Comm or None
-
-    Raises
-    ------
-    Exception
-        The exception of the lowest rank whose block failed, on every rank.
-
-    Examples
-    --------
-    >>> with collective(None):
-    ...     x = 1 + 1
-    """
-    err = None
-    try:
-        yield
-    except Exception as exc:  # noqa: BLE001 - every kind must reach the other ranks
-        err = exc
-    raise_collectively(comm, err)
 
 
 # ------------------------------------------------------------------ SciPy and dense views
@@ -183,6 +116,48 @@ def dense_from_rows(comm, rows: np.ndarray, n_global: int):
     M.getDenseArray()[:] = rows
     M.assemble()
     return M
+
+
+def mat_from_rows(A, P):
+    """Build the PETSc matrix of a coarse basis from this rank's rows, checked collectively.
+
+    Parameters
+    ----------
+    A : petsc4py.PETSc.Mat
+        The operator whose row distribution ``P`` follows, global size ``(n, n)``.
+    P : numpy.ndarray or scipy.sparse matrix, shape (n_local, k)
+        This rank's rows (dense: a dense PETSc matrix; sparse: AIJ).
+
+    Returns
+    -------
+    petsc4py.PETSc.Mat, shape (n, k)
+
+    Raises
+    ------
+    ValueError
+        On every rank, if some rank's block does not have that rank's number of rows of
+        ``A``, or the ranks disagree on ``k``.
+    """
+    comm = _comm_of(A)
+    lo, hi = A.getOwnershipRange()
+    n_global = A.getSize()[0]
+    with collective(comm):
+        if not sp.issparse(P):
+            P = np.asarray(P)
+        if P.ndim != 2 or P.shape[0] != hi - lo:
+            raise ValueError(f"coarse basis must have this rank's {hi - lo} rows of A (n="
+                             f"{n_global}) on every rank; got shape {P.shape} on rank "
+                             f"{comm.rank}")
+    widths = sorted(set(comm.allgather(P.shape[1])))
+    if len(widths) > 1:
+        raise ValueError(f"coarse basis has different numbers of columns on the ranks: {widths}")
+    if not sp.issparse(P):
+        return dense_from_rows(comm, P, n_global)
+    P = sp.csr_matrix(P)
+    P_mat = PETSc.Mat().createAIJ(size=((hi - lo, n_global), (PETSc.DECIDE, P.shape[1])),
+                                  csr=(P.indptr, P.indices, P.data), comm=comm)
+    P_mat.assemble()
+    return P_mat
 
 
 # ------------------------------------------------------------------ node order
@@ -353,7 +328,7 @@ def near_nullspace_rows(A) -> np.ndarray | None:
     nsp = A.getNearNullSpace()
     if nsp is None or not nsp.handle:
         return None
-    cols = [v.getArray().copy() for v in nsp.getVecs()]
+    cols = [v.getArray(readonly=True).copy() for v in nsp.getVecs()]
     if nsp.hasConstant():
         cols.insert(0, np.ones(A.getLocalSize()[0]))
     if not cols:
@@ -432,3 +407,67 @@ def smoothed_vectors_petsc(A, K: int, *, sweeps: int = 10, omega: float = 0.66,
         raise ValueError(f"A contains NaN or Inf: the smoothed vectors S are not finite after "
                          f"{sweeps} Jacobi sweeps (expected a finite SPD matrix)")
     return out
+
+
+# ------------------------------------------------------------------ lambda_max(D^-1 A)
+
+
+def lambda_max_petsc(A, *, seed: int = 0, node_order: np.ndarray | None = None,
+                     steps: int = 12) -> float:
+    """Estimate ``lambda_max(D^-1 A)`` of a PETSc matrix by Lanczos, distributed.
+
+    :func:`nlss_fenicsx.relaxation.lambda_max_estimate` with ``MatMult`` as the product
+    and all-reduced dot products, so every rank returns the same value (from below, within
+    a few per cent after 12 steps). The start vector
+    :func:`nlss_fenicsx.relaxation.start_vector` is taken in node order when one is given,
+    so the estimate does not depend on the number of ranks. Collective.
+
+    Parameters
+    ----------
+    A : petsc4py.PETSc.Mat
+        SPD, global size ``(n, n)``.
+    seed : int
+        Selects the start vector.
+    node_order : numpy.ndarray, shape (n,), optional
+    steps : int
+        Lanczos steps (products with ``A``).
+
+    Returns
+    -------
+    float
+
+    Raises
+    ------
+    ValueError
+        On every rank: a nonpositive or non-finite diagonal, NaN/Inf in ``A``, or a
+        non-positive estimate (``A`` not SPD).
+    """
+    comm = _comm_of(A)
+    n = A.getSize()[0]
+    lo, hi = A.getOwnershipRange()
+    d = A.getDiagonal().getArray().copy()
+    bad = comm.allreduce(int(np.count_nonzero(~np.isfinite(d) | (d <= 0))), op=MPI.SUM)
+    if bad:
+        raise ValueError("expected an SPD matrix with a positive, finite diagonal; got "
+                         f"{bad} nonpositive, NaN or Inf diagonal entries")
+    x, y = A.createVecRight(), A.createVecLeft()
+
+    def matvec(v):
+        x.setArray(v)
+        A.mult(x, y)
+        return y.getArray().copy()
+
+    def dot(u, v):
+        return comm.allreduce(float(np.dot(u, v)), op=MPI.SUM)
+
+    if node_order is None:
+        x0 = start_vector(n, lo, hi, seed=seed)
+    else:
+        inverse = np.empty(n, dtype=np.int64)
+        inverse[node_order] = np.arange(n)  # dof -> node
+        x0 = start_vector(n, seed=seed)[inverse[lo:hi]]
+    try:
+        return lambda_max_estimate(matvec, 1.0 / d, x0, dot=dot, steps=steps)
+    finally:
+        x.destroy()
+        y.destroy()

@@ -39,11 +39,14 @@ from typing import Any
 
 __all__ = [
     "COARSE_KINDS",
+    "MG_OPTIONS",
     "OPTION_NAMES",
     "PRECISIONS",
     "SMOOTHERS",
     "TwoGridOptions",
+    "check_mg_options",
     "merge_checkpoint",
+    "mg_defaults",
     "parse_options",
     "unused_options",
 ]
@@ -66,6 +69,9 @@ _USED_BY = {
     "K": ("svd", "nlss"), "sweeps": ("svd", "nlss"),
     "r": ("svd", "nlss", "sine", "eig-ref", "eig", "fixed"),
 }
+# Options of the inner PCMG (under <prefix>nlss_mg_) that a user may set.
+MG_OPTIONS = ("mg_levels_", "mg_coarse_", "pc_mg_cycle_type", "pc_mg_multiplicative_cycles",
+              "pc_mg_distinct_smoothup", "pc_mg_log")
 _MINIMUM = {"r": 1, "K": 1, "sweeps": 0, "nu": 1, "seed": 0}
 _CHOICES = {"coarse": COARSE_KINDS, "smoother": SMOOTHERS, "precision": PRECISIONS}
 
@@ -347,3 +353,93 @@ def merge_checkpoint(opts: TwoGridOptions, settings, *,
         refuse("nlss_pde", opts.pde, pde, "pde")
     out["r"] = min(out.get("r", opts.r), out.get("K", opts.K))
     return replace(opts, **out, from_model=frozenset(taken))
+
+
+def check_mg_options(items) -> None:
+    """Refuse options of the inner PCMG that would change its structure.
+
+    Parameters
+    ----------
+    items : iterable of (str, str or None)
+        Keys under ``<prefix>nlss_mg_`` (without it) and their values.
+
+    Raises
+    ------
+    ValueError
+        For a key that is not one of :data:`MG_OPTIONS` (``pc_type`` is accepted only as
+        ``mg``): the inner PCMG must keep its two levels, its interpolation ``P`` and its
+        Galerkin coarse operator.
+
+    Examples
+    --------
+    >>> check_mg_options([("mg_levels_ksp_max_it", "3")])
+    >>> check_mg_options([("pc_type", "jacobi")])
+    Traceback (most recent call last):
+    ...
+    ValueError: nlss_mg_pc_type 'jacobi' is refused: the inner PCMG of TwoGridPC takes only \
+nlss_mg_mg_levels_*, nlss_mg_mg_coarse_*, nlss_mg_pc_mg_cycle_type, \
+nlss_mg_pc_mg_multiplicative_cycles, nlss_mg_pc_mg_distinct_smoothup, nlss_mg_pc_mg_log
+    """
+    for key, value in items:
+        if key == "pc_type" and str(value).lower() == "mg":
+            continue
+        if not key.startswith(MG_OPTIONS):
+            allowed = ", ".join("nlss_mg_" + o + ("*" if o.endswith("_") else "")
+                                for o in MG_OPTIONS)
+            raise ValueError(f"nlss_mg_{key} {value!r} is refused: the inner PCMG of "
+                             f"TwoGridPC takes only {allowed}")
+
+
+def mg_defaults(smoother: str, nu: int, *, omega: float | None = None,
+                interval: tuple[float, float] | None = None,
+                parallel: bool = False) -> dict[str, str | None]:
+    """Return the inner PCMG's settings as PETSc options (keys without ``nlss_mg_``).
+
+    Parameters
+    ----------
+    smoother : {"jacobi", "chebyshev", "sor"}
+        ``jacobi``: Richardson scaled by ``omega`` + PCJACOBI; ``chebyshev``: KSPCHEBYSHEV
+        on ``interval`` of ``D^-1 A`` + PCJACOBI (no eigenvalue estimate of its own);
+        ``sor``: Richardson + local symmetric SOR with weight ``omega`` (symmetric SOR on
+        one rank).
+    nu : int
+        Sweeps (the level KSP's iterations), before and after the coarse correction.
+    omega : float, optional
+        Weight for ``jacobi`` and ``sor``.
+    interval : (float, float), optional
+        ``(lo, hi)`` for ``chebyshev``.
+    parallel : bool
+        Coarse solve redundant (a Cholesky on every rank) instead of plain Cholesky.
+
+    Returns
+    -------
+    dict
+        Option name to value (``None`` for a flag).
+
+    Examples
+    --------
+    >>> mg_defaults("jacobi", 5, omega=0.66)["mg_levels_ksp_richardson_scale"]
+    '0.66'
+    """
+    levels: dict[str, str | None] = {"mg_levels_ksp_max_it": str(nu),
+                                     "mg_levels_ksp_norm_type": "none"}
+    if smoother == "jacobi":
+        levels.update(mg_levels_ksp_type="richardson", mg_levels_pc_type="jacobi",
+                      mg_levels_ksp_richardson_scale=repr(float(omega)))
+    elif smoother == "chebyshev":
+        lo, hi = interval
+        levels.update(mg_levels_ksp_type="chebyshev", mg_levels_pc_type="jacobi",
+                      mg_levels_ksp_chebyshev_eigenvalues=f"{lo!r},{hi!r}",
+                      mg_levels_ksp_chebyshev_esteig_steps="0")
+    else:
+        levels.update(mg_levels_ksp_type="richardson", mg_levels_pc_type="sor",
+                      mg_levels_ksp_richardson_scale="1.0",
+                      mg_levels_pc_sor_local_symmetric=None,
+                      mg_levels_pc_sor_omega=repr(float(omega)))
+    coarse: dict[str, str | None] = {"mg_coarse_ksp_type": "preonly",
+                                     "mg_coarse_pc_factor_shift_type": "none"}
+    if parallel:
+        coarse.update(mg_coarse_pc_type="redundant", mg_coarse_redundant_pc_type="cholesky")
+    else:
+        coarse["mg_coarse_pc_type"] = "cholesky"
+    return {"pc_mg_galerkin": "none", **levels, **coarse}

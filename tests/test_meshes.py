@@ -135,3 +135,54 @@ def test_read_msh_errors(tmp_path):
 def test_serial_comm_is_default():
     mesh = meshes.jittered_square(4, seed=0, comm=MPI.COMM_SELF)
     assert mesh.comm.size == 1
+
+
+def test_node_order_equals_grid_order_on_the_jittered_square():
+    V = dolfinx.fem.functionspace(meshes.jittered_square(9, seed=5), ("Lagrange", 1))
+    np.testing.assert_array_equal(meshes.node_order(V), meshes.grid_order(V))
+
+
+def test_node_order_of_a_gmsh_disk_follows_the_node_tags():
+    """Input node i of a Gmsh model is its i-th node tag (in increasing order)."""
+    gmsh = pytest.importorskip("gmsh")
+    gmsh.initialize(interruptible=False)
+    try:
+        gmsh.option.setNumber("General.Terminal", 0)
+        gmsh.model.add("disk")
+        disk = gmsh.model.occ.addDisk(0, 0, 0, 1, 1)
+        gmsh.model.occ.synchronize()
+        gmsh.model.addPhysicalGroup(2, [disk], 1)
+        gmsh.option.setNumber("Mesh.CharacteristicLengthMax", 0.3)
+        gmsh.model.mesh.generate(2)
+        tags, xyz, _ = gmsh.model.mesh.getNodes()
+        xyz = xyz.reshape(-1, 3)[np.argsort(tags), :2]
+        mesh = dolfinx.io.gmsh.model_to_mesh(gmsh.model, MPI.COMM_WORLD, 0, gdim=2).mesh
+    finally:
+        gmsh.finalize()
+    V = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    order = meshes.node_order(V)
+    assert sorted(order.tolist()) == list(range(len(xyz)))
+    np.testing.assert_allclose(V.tabulate_dof_coordinates()[order, :2], xyz, atol=1e-14)
+
+
+def test_node_order_of_a_vector_space_interleaves_components():
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 3, 2)
+    V = dolfinx.fem.functionspace(mesh, ("Lagrange", 1, (2,)))
+    scalar = meshes.node_order(dolfinx.fem.functionspace(mesh, ("Lagrange", 1)))
+    order = meshes.node_order(V)
+    np.testing.assert_array_equal(order[0::2], 2 * scalar)
+    np.testing.assert_array_equal(order[1::2], 2 * scalar + 1)
+
+
+@pytest.mark.parametrize("element", [("Lagrange", 2), ("DG", 1)])
+def test_node_order_refuses_dofs_that_are_not_nodes(element):
+    V = dolfinx.fem.functionspace(meshes.jittered_square(3, seed=0), element)
+    with pytest.raises(ValueError, match="node_order needs a Lagrange space whose dofs"):
+        meshes.node_order(V)
+
+
+def test_mesh_id_identifies_the_mesh():
+    a, b = meshes.jittered_square(5, seed=1), meshes.jittered_square(5, seed=1)
+    assert meshes.mesh_id(a) == meshes.mesh_id(b)
+    assert meshes.mesh_id(a) != meshes.mesh_id(meshes.jittered_square(5, seed=2))
+    assert meshes.mesh_id(a).startswith("sha1:") and len(meshes.mesh_id(a)) == 21

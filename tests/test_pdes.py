@@ -151,3 +151,58 @@ def test_petsc_matrix_equals_csr():
     sysm.A.mult(vx, vy)
     np.testing.assert_allclose(vy.getArray(), sysm.A_csr @ x, rtol=1e-13)
     assert sysm.A.getType() in (PETSc.Mat.Type.SEQAIJ, PETSc.Mat.Type.MPIAIJ)
+
+
+# ------------------------------------------------------------------ training samplers
+
+
+def test_assemble_attaches_the_node_order():
+    from nlss_fenicsx import la
+
+    sysm = pdes.assemble(pdes.sample("diffusion", meshes.jittered_square(5, seed=0), rng=1))
+    np.testing.assert_array_equal(la.node_order_of(sysm.A), sysm.node_order)
+    np.testing.assert_array_equal(sysm.grid_order, meshes.grid_order(sysm.V))
+
+
+def test_smoothed_sampler_equals_smoothing_in_node_order():
+    from nlss_fenicsx.smoothing import gaussian_start, smoothed_vectors
+
+    V = dolfinx.fem.functionspace(meshes.jittered_square(7, seed=2), ("Lagrange", 1))
+
+    def make_problem(t):  # a user's function returning (V, a, L, bcs)
+        prob = pdes.sample("anisotropic", V, rng=t)
+        return prob.V, prob.a, prob.L, prob.bcs
+
+    sampler = pdes.smoothed_sampler(make_problem, K=5, sweeps=6, omega=0.6, seed=3)
+    S = sampler(4)
+    assert S.shape == (64, 5) and S.dtype == np.float32 and sampler.node_order == "mesh"
+    sysm = pdes.assemble(pdes.sample("anisotropic", V, rng=4))
+    order = sysm.node_order
+    A_node = sysm.A_csr[order][:, order]
+    start = gaussian_start(np.random.default_rng((3, 4, 1)), 64, 5)
+    ref = smoothed_vectors(A_node, 5, sweeps=6, omega=0.6, S0=start)
+    np.testing.assert_allclose(S, ref, rtol=0, atol=2e-6)
+    np.testing.assert_array_equal(sampler(4), S)
+    assert not np.array_equal(sampler(5), S)
+    assert sampler.mesh_id == meshes.mesh_id(V.mesh)
+
+
+def test_training_sampler_with_matrix_in_node_order():
+    mesh = meshes.jittered_square(6, seed=0)
+    sampler = pdes.training_sampler("screened_poisson", mesh, K=4, seed=1, with_A=True)
+    A, S = sampler(2)
+    assert S.shape == (49, 4) and A.shape == (49, 49)
+    V = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    sysm = pdes.assemble(pdes.sample("screened_poisson", V, np.random.default_rng((1, 2, 0))))
+    order = sysm.node_order
+    ref = sysm.A_csr[order][:, order]
+    assert sp.linalg.norm(A - ref) <= 1e-12 * sp.linalg.norm(ref)
+
+
+def test_samplers_refuse_bad_input():
+    with pytest.raises(ValueError, match="expected a callable make_problem"):
+        pdes.smoothed_sampler(3, K=2)
+    with pytest.raises(ValueError, match="to return a pdes.Problem or a tuple"):
+        pdes.smoothed_sampler(lambda t: "mesh", K=2)(0)
+    with pytest.raises(ValueError, match="Unrecognized PDE family 'heat'"):
+        pdes.training_sampler("heat", meshes.jittered_square(3, seed=0), K=2)
