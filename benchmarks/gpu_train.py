@@ -30,7 +30,7 @@ def run_job(pde: str, loss: str, args) -> dict:
     import numpy as np
     import torch
 
-    from nlss_fenicsx.coarse import svd_basis
+    from nlss_fenicsx.coarse import coarse_basis
     from nlss_fenicsx.nn.data import DataConfig, instance, instance_seed
     from nlss_fenicsx.nn.train import TrainConfig, peak_rss_mib, train
     from nlss_fenicsx.twogrid import TwoGrid, pcg
@@ -43,8 +43,8 @@ def run_job(pde: str, loss: str, args) -> dict:
                   log=lambda *_: None)
     wall = time.perf_counter() - t0
     res = {"pde": pde, "loss": loss, "steps": args.steps, "device": args.device,
-           "train_seconds": model.metadata["extra"]["train_seconds"], "train_wall": wall,
-           "peak_rss_mib": peak_rss_mib(), "history": model.metadata["extra"]["history"],
+           "train_seconds": model.train_state["seconds"], "train_wall": wall,
+           "peak_rss_mib": peak_rss_mib(), "history": model.train_state["history"],
            "parameters": model.num_parameters()}
     if args.device == "cuda":
         res["gpu"] = torch.cuda.get_device_name(0)
@@ -53,12 +53,13 @@ def run_job(pde: str, loss: str, args) -> dict:
     rows = []
     for i in range(args.instances):
         gp, S = instance(data, instance_seed(99_991, i))
-        S64 = S.astype(np.float64)
+        S_double = S.astype(np.float64)
         row = {"instance": i}
         for r in args.ranks:
             for name in ("nlss", "svd"):
-                P = model.basis(S64, r) if name == "nlss" else svd_basis(S64, r)
-                _, info = pcg(gp.A, gp.b, TwoGrid(gp.A, P), rtol=1e-6)
+                P = (model.basis(S_double, r) if name == "nlss"
+                     else coarse_basis("svd", gp.A, r=r, S=S_double))
+                _, info = pcg(gp.A, gp.b, TwoGrid(gp.A, P, omega=0.66), rtol=1e-6)
                 row[f"{name}@{r}"] = info.iterations if info.converged else None
         rows.append(row)
     res["pcg"] = rows

@@ -38,29 +38,31 @@ FAMILIES = ("diffusion", "anisotropic", "screened_poisson")
 
 
 def _basis(net, y: torch.Tensor, r: int) -> np.ndarray:
-    from nlss_fenicsx.nn.model import _orthonormal_columns
+    """The network's basis at rank ``r`` from the head's input ``y`` (the last hidden
+    layer): the head's first ``r`` blocks of ``n`` outputs, then the QR with positive R."""
+    from nlss_fenicsx.nn.model import qr_positive
 
     n = net.config.n
     with torch.no_grad():
         W, b = net.head.weight[: r * n].double(), net.head.bias[: r * n].double()
-        return _orthonormal_columns((W @ y.double() + b)[None], r, n)[0].numpy()
+        return qr_positive((W @ y.double() + b).reshape(r, n).T).numpy()
 
 
 def analyse(pde: str, budget, n_fit: int, n_test: int, r: int, qs) -> dict:
-    from nlss_fenicsx.coarse import svd_basis
+    from nlss_fenicsx.coarse import coarse_basis
+    from nlss_fenicsx.nn import NLSSModel
     from nlss_fenicsx.nn.data import DataConfig, instance, instance_seed
-    from nlss_fenicsx.nn.inference import load_model
-    from nlss_fenicsx.nn.model import _features
+    from nlss_fenicsx.nn.model import input_features
     from nlss_fenicsx.twogrid import TwoGrid, pcg
 
     path = obtain_models(pde, budget, which=("nlss",), progress=False)["nlss"]["path"]
-    net = load_model(path).net.float().eval()
+    net = NLSSModel.load(path).net.float().eval()
     cfg = DataConfig(pde=pde, N=budget.N, K=budget.K)
     ys, problems = [], []
     for i in range(n_fit + n_test):
         gp, S = instance(cfg, instance_seed(31337, i))
         with torch.no_grad():
-            ys.append(net.body(_features(torch.from_numpy(S), net.config, torch.float32))[0])
+            ys.append(net.body(input_features(torch.from_numpy(S)))[0])
         problems.append((gp, S))
     Y = torch.stack(ys).double()
     mu = Y[:n_fit].mean(0)
@@ -81,9 +83,11 @@ def analyse(pde: str, budget, n_fit: int, n_test: int, r: int, qs) -> dict:
         out["angles_deg"][q] = worst
     for j in range(n_fit, n_fit + n_test):
         gp, S = problems[j]
+        svd = coarse_basis("svd", gp.A, r=r, S=S.astype(np.float64))
         for key, P in (("network", _basis(net, Y[j], r)), ("fixed basis P(mean y)", fixed),
-                       ("exact SVD of S", svd_basis(S.astype(np.float64), r))):
-            its[key].append(int(pcg(gp.A, gp.b, TwoGrid(gp.A, P), rtol=1e-6)[1].iterations))
+                       ("exact SVD of S", svd)):
+            _, info = pcg(gp.A, gp.b, TwoGrid(gp.A, P, omega=0.66), rtol=1e-6)
+            its[key].append(int(info.iterations))
     out["iterations"] = its
     return out
 
