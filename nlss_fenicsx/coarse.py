@@ -1,238 +1,398 @@
-"""Coarse bases for the two-grid preconditioner.
+"""Coarse bases for the two-grid preconditioner, and ONE dispatcher that builds any of them.
 
-* :func:`svd_basis`: the leading ``r`` left singular vectors of the smoothed vectors
-  ``S`` (the target that the NLSS model learns; paper section 3.3), orthonormal.
-* :func:`svd_basis_from_gram`: the same basis from the ``K x K`` Gram matrix ``S^T S``,
-  the route to take when ``S`` is split by rows over MPI ranks.
-* :func:`sa_amg_basis`: PyAMG's smoothed-aggregation prolongator, the paper's SA-AMG
-  baseline (sparse, not orthonormal; the Galerkin two-grid does not need orthonormality).
+:func:`coarse_basis` is the single entry point (used by the PETSc PC, the SciPy path and the
+benchmarks); it works on this rank's rows and is collective over ``comm``. The kinds:
 
-Sign convention. Singular vectors are defined up to sign. Both SVD routes fix it on the
-right singular vectors: the largest-magnitude entry of every ``v_j`` is made positive and
-``u_j = S v_j / sigma_j``. ``V`` is small and replicated, so the convention needs no
-communication and the serial and distributed routes agree column by column.
+==========  =========================================================================
+``svd``     ``U_r`` of the smoothed vectors ``S`` (the paper's baseline and the NLSS
+            target, section 3.3): LAPACK SVD serially, the Gram route in parallel
+``sa``      PyAMG smoothed aggregation's prolongator (the paper's SA-AMG baseline);
+            serial only; uses the near-nullspace as its candidate vectors ``B``
+``sine``    the ``r`` lowest Dirichlet sine modes of the unit-square grid (free)
+``eig-ref`` the ``r`` lowest eigenvectors of a reference operator, computed once per
+            mesh and cached in-process ("compute once, solve many")
+``eig``     the instance's own ``r`` lowest eigenvectors: an oracle for comparison,
+            not a practical method (it costs an eigensolve per instance)
+            (eig and eig-ref skip identity (Dirichlet) rows: their eigenvalue 1 is an
+            artefact of the diagonal value, not a smooth mode)
+``fixed``   a basis file (:func:`save_basis`) built once per family or mesh
+``nlss``    a learned model (``nn.inference.load_model``) applied to ``S``
+==========  =========================================================================
+
+For every kind but ``sa`` a given near-nullspace (e.g. rigid-body modes) is appended to
+the basis and orthonormalised against it (:func:`append_near_nullspace`).
+
+Collective errors. Every check runs on every rank and any rank's failure is raised, as the
+same one-line exception, on all ranks (no rank waits in a collective for ever). Kinds that
+need the whole matrix or ``S`` (eig-ref, eig, fixed, nlss) gather to rank 0, compute there
+and scatter the rows back; a failure on rank 0 is broadcast.
+
+The bases themselves live in :mod:`nlss_fenicsx.bases` (SVD, smoothed aggregation,
+near-nullspace), :mod:`nlss_fenicsx.spectral` (sine, eigenvectors, the eig-ref cache) and
+:mod:`nlss_fenicsx.basisfile` (basis files); their public functions are re-exported here.
 """
 
 from __future__ import annotations
 
-import numbers
+import hashlib
+import time
 from collections.abc import Callable
 
 import numpy as np
-import scipy.linalg as sla
 import scipy.sparse as sp
 
-__all__ = ["svd_basis", "svd_basis_from_gram", "sa_amg_basis"]
+from nlss_fenicsx import spectral
+from nlss_fenicsx._checks import check_int, check_real_array, reject_complex
+from nlss_fenicsx._errors import collective, raise_collectively
+from nlss_fenicsx.bases import (
+    allsum,
+    append_near_nullspace,
+    sa_amg_basis,
+    svd_basis,
+    svd_basis_from_gram,
+)
+from nlss_fenicsx.basisfile import load_basis, save_basis
+from nlss_fenicsx.spectral import sine_basis
+
+__all__ = [
+    "COARSE_KINDS",
+    "append_near_nullspace",
+    "clear_reference_cache",
+    "coarse_basis",
+    "load_basis",
+    "sa_amg_basis",
+    "save_basis",
+    "sine_basis",
+    "svd_basis",
+    "svd_basis_from_gram",
+]
+
+COARSE_KINDS = ("svd", "sa", "sine", "eig-ref", "eig", "fixed", "nlss")
+
+# eig-ref: the reference eigenvectors of the meshes met in this process.
+_REFERENCE = spectral.ReferenceCache()
 
 
-def _check_rank(r, limit: int, what: str) -> int:
-    if isinstance(r, bool) or not isinstance(r, numbers.Integral):
-        raise ValueError(f"expected an integer rank r, got {r!r}")
-    if not 1 <= r <= limit:
-        raise ValueError(f"expected 1 <= r <= {what} = {limit}, got r = {r}")
-    return int(r)
+def clear_reference_cache() -> None:
+    """Forget the eig-ref eigenvectors cached in this process (every mesh)."""
+    _REFERENCE.clear()
 
 
-def _sign_from_right(V: np.ndarray) -> np.ndarray:
-    """Signs that make the largest-|entry| of each column of ``V`` positive."""
-    idx = np.argmax(np.abs(V), axis=0)
-    signs = np.sign(V[idx, np.arange(V.shape[1])])
-    signs[signs == 0] = 1.0
-    return signs
+class _Layout:
+    """Row ranges of a matrix distributed by contiguous row blocks in rank order (PETSc's)."""
+
+    def __init__(self, comm, n_local: int, n: int):
+        self.comm = comm
+        counts = [n_local] if comm is None else comm.allgather(n_local)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        mpi_rank = 0 if comm is None else comm.rank
+        self.lo, self.hi, self.n = int(self.offsets[mpi_rank]), int(self.offsets[mpi_rank + 1]), n
+        self.root = mpi_rank == 0
+        if self.offsets[-1] != n:  # the same counts on every rank: the same error
+            raise ValueError(f"expected the ranks' rows of A to add up to n = {n} (its "
+                             f"columns), got {int(self.offsets[-1])} rows {counts}")
+
+    def gather(self, X):
+        """Return the whole of a row-distributed array (or CSR) on rank 0; None elsewhere."""
+        if self.comm is None:
+            return X
+        parts = self.comm.gather(X, root=0)
+        if not self.root:
+            return None
+        return sp.vstack(parts, format="csr") if sp.issparse(X) else np.vstack(parts)
+
+    def on_root(self, fn: Callable[[], np.ndarray], what: str) -> np.ndarray:
+        """Run ``fn`` on rank 0, check its ``(n, k)`` result, scatter the rows back."""
+        out, err = None, None
+        if self.root:
+            try:
+                out = check_real_array(what, fn(), ndim=2)
+                if out.shape[0] != self.n:
+                    raise ValueError(f"expected {what} with n = {self.n} rows, got {out.shape}")
+            except Exception as exc:  # noqa: BLE001 - every kind reaches the other ranks
+                err = exc
+        raise_collectively(self.comm, err)
+        if self.comm is None:
+            return out
+        blocks = np.split(out, self.offsets[1:-1]) if self.root else None
+        return self.comm.scatter(blocks, root=0)
 
 
-def _as_2d_finite(name: str, X) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"expected {name} to be 2-D, got shape {X.shape}")
-    if not np.all(np.isfinite(X)):
-        raise ValueError(f"expected {name} to have finite entries, got NaN or inf")
+def _local_matrix(name: str, A, n_cols: int | None = None) -> sp.csr_matrix:
+    if not (sp.issparse(A) or isinstance(A, np.ndarray)):
+        raise ValueError(f"expected {name} as a SciPy sparse matrix (this rank's rows, global "
+                         f"columns), got {type(A).__name__}")
+    reject_complex(name, A)
+    A = sp.csr_matrix(A, dtype=np.float64)
+    if n_cols is not None and A.shape[1] != n_cols:
+        raise ValueError(f"expected {name} with {n_cols} columns like A, got {A.shape}")
+    if not np.all(np.isfinite(A.data)):
+        raise ValueError(f"expected {name} to have finite entries, got NaN or Inf")
+    return A
+
+
+def _local_rows(name: str, X, n_local: int) -> np.ndarray:
+    X = check_real_array(name, X, ndim=2)
+    if X.shape[0] != n_local:
+        raise ValueError(f"expected {name} with this rank's {n_local} rows of A, got {X.shape}")
     return X
 
 
-def svd_basis(S, r: int) -> np.ndarray:
-    """Leading ``r`` left singular vectors of ``S``, orthonormal.
+def _node_order(node_order, n: int, kind: str) -> np.ndarray:
+    if node_order is None:
+        raise ValueError(f"coarse kind {kind} needs the node order (node_order[i] = dof of "
+                         "node i; numpy.arange(n) for a matrix already in grid order)")
+    order = np.asarray(node_order)
+    if (order.shape != (n,) or order.dtype.kind not in "iu"
+            or not np.array_equal(np.sort(order), np.arange(n))):
+        raise ValueError(f"expected node_order to be a permutation of range(n) with n = {n}, "
+                         f"got an array of shape {order.shape} ({order.dtype}) that is not")
+    return order.astype(np.int64)
 
-    Uses LAPACK's thin divide-and-conquer SVD (``gesdd``, falling back to ``gesvd`` if
-    it does not converge): ``O(n K^2)`` work, backward stable, so the columns are
-    orthonormal to machine precision however ill-conditioned ``S`` is.
+
+def coarse_basis(kind: str, A_local, *, r: int, S=None, model=None, node_order=None,
+                 near_nullspace=None, basis_file=None, reference=None, comm=None,
+                 seed: int = 0, timings: dict | None = None, block_size: int = 1):
+    """Build this rank's rows of a coarse basis ``P`` of the given kind (the dispatcher).
 
     Parameters
     ----------
-    S : array_like, shape (n, K)
-        Smoothed vectors, one per column.
+    kind : str
+        One of :data:`COARSE_KINDS` (see the module docstring).
+    A_local : scipy.sparse matrix, shape (n_local, n)
+        This rank's rows of the real SPD matrix (global columns; the whole ``A`` serially).
+        Rows are distributed in contiguous blocks in rank order (PETSc's layout).
     r : int
-        Coarse dimension, ``1 <= r <= min(n, K)``.
-
-    Returns
-    -------
-    numpy.ndarray, shape (n, r), float64
-        ``U_r`` with ``U_r^T U_r = I``, columns ordered by decreasing singular value and
-        signed by the convention in the module docstring.
-
-    Raises
-    ------
-    ValueError
-        If ``S`` is not 2-D or not finite, or ``r`` is outside ``[1, min(n, K)]``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> S = np.random.default_rng(0).standard_normal((100, 8))
-    >>> P = svd_basis(S, 3)
-    >>> P.shape, bool(np.allclose(P.T @ P, np.eye(3)))
-    ((100, 3), True)
-    """
-    S = _as_2d_finite("S", S)
-    n, K = S.shape
-    r = _check_rank(r, min(n, K), f"min(n, K) for S of shape ({n}, {K})")
-    try:
-        U, _, Vt = sla.svd(S, full_matrices=False, lapack_driver="gesdd", check_finite=False)
-    except np.linalg.LinAlgError:
-        U, _, Vt = sla.svd(S, full_matrices=False, lapack_driver="gesvd", check_finite=False)
-    signs = _sign_from_right(Vt[:r].T)
-    return np.ascontiguousarray(U[:, :r] * signs)
-
-
-def svd_basis_from_gram(
-    G,
-    S_local,
-    r: int,
-    *,
-    allreduce: Callable[[np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
-    """Local row block of ``U_r`` from the global Gram matrix: the distributed route.
-
-    With ``S`` split by rows over ranks, each rank forms ``S_local^T S_local``; their sum
-    (one all-reduce of a ``K x K`` matrix) is ``G = S^T S = V Sigma^2 V^T``. Then
-    ``U_r = S V_r Sigma_r^{-1}`` needs only local rows. The Gram route squares the
-    condition number: orthogonality of the result degrades like
-    ``eps * (sigma_1 / sigma_r)^2``. Pass ``allreduce`` to add a second, Cholesky-QR
-    pass (one more all-reduce of an ``r x r`` matrix) that restores orthonormality to
-    machine precision; it changes each column only by the (tiny) orthogonality error.
-
-    Parameters
-    ----------
-    G : array_like, shape (K, K)
-        The global Gram matrix ``S^T S`` (already summed over ranks).
-    S_local : array_like, shape (n_local, K)
-        This rank's rows of ``S``.
-    r : int
-        Coarse dimension, ``1 <= r <= K`` (and ``r <= n`` globally, which shows up here
-        as a rank-deficient ``G``).
-    allreduce : callable, optional
-        ``x -> sum of x over ranks`` (e.g. ``lambda x: comm.allreduce(x, op=MPI.SUM)``).
-        When given, the re-orthonormalisation pass is done. In serial use ``lambda x: x``.
-
-    Returns
-    -------
-    numpy.ndarray, shape (n_local, r), float64, Fortran order
-        The local rows of ``U_r``, same ordering and signs as :func:`svd_basis`.
-
-    Raises
-    ------
-    ValueError
-        On shape mismatch, non-finite input, a bad ``r``, or if ``S`` has numerical rank
-        below ``r`` (then ``Sigma_r`` cannot be inverted reliably).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> S = np.random.default_rng(0).standard_normal((100, 8))
-    >>> top, bottom = S[:60], S[60:]
-    >>> G = top.T @ top + bottom.T @ bottom  # the all-reduce
-    >>> P = np.vstack([svd_basis_from_gram(G, top, 3), svd_basis_from_gram(G, bottom, 3)])
-    >>> bool(np.allclose(P, svd_basis(S, 3)))
-    True
-    """
-    G = _as_2d_finite("G", G)
-    S_local = _as_2d_finite("S_local", S_local)
-    K = G.shape[0]
-    if G.shape != (K, K):
-        raise ValueError(f"expected a square Gram matrix G, got shape {G.shape}")
-    if S_local.shape[1] != K:
-        raise ValueError(
-            f"expected S_local with K = {K} columns to match G ({K} x {K}), "
-            f"got shape {S_local.shape}"
-        )
-    r = _check_rank(r, K, f"K for G of shape ({K}, {K})")
-    lam, V = sla.eigh(0.5 * (G + G.T), check_finite=False)
-    lam, V = lam[::-1][:r], V[:, ::-1][:, :r]
-    # Below this, sigma_r^2 is lost in the rounding of G's largest eigenvalue.
-    tol = max(lam[0], 0.0) * K * np.finfo(np.float64).eps
-    if not lam[-1] > tol:
-        raise ValueError(
-            f"expected S of numerical rank >= r = {r}, got Gram eigenvalue "
-            f"sigma_{r}^2 = {lam[-1]:.3e} <= {tol:.3e} (relative to sigma_1^2 = {lam[0]:.3e})"
-        )
-    V = V * _sign_from_right(V)
-    # U^T as an r x n_local C-contiguous array, i.e. U in Fortran order (PETSc's dense
-    # layout): the second pass below then works in place with no transposed copies.
-    Ut = (V / np.sqrt(lam)).T @ S_local.T
-    if allreduce is not None:
-        C = np.asarray(allreduce(Ut @ Ut.T), dtype=np.float64)
-        L = sla.cholesky(0.5 * (C + C.T), lower=True, check_finite=False)
-        # U <- U L^{-T}: then U^T U = L^{-1} C L^{-T} = I.
-        trsm = sla.get_blas_funcs("trsm", (L, Ut))
-        Ut = trsm(1.0, L, Ut.T, side=1, lower=1, trans_a=1, overwrite_b=1).T
-    return Ut.T
-
-
-def sa_amg_basis(A, *, seed: int = 0) -> sp.csr_matrix:
-    """First-level prolongator of PyAMG smoothed aggregation (the paper's SA-AMG baseline).
-
-    Calls ``pyamg.smoothed_aggregation_solver(A, B=ones((n, 1)), max_levels=2,
-    max_coarse=10)`` and returns ``levels[0].P``. PyAMG estimates the spectral radius
-    for its Jacobi prolongation smoother from ``numpy.random``'s global state; this
-    function seeds that state with ``seed`` for the call and restores it afterwards, so
-    the result is deterministic and the caller's global RNG is left untouched (not
-    thread-safe with other users of the global state).
-
-    Parameters
-    ----------
-    A : scipy.sparse matrix or array, shape (n, n)
-        SPD system matrix (copied to float64 CSR; PyAMG never sees the caller's object).
+        Coarse rank. Ignored by ``sa`` (its aggregation decides the size).
+    S : array_like, shape (n_local, K), optional
+        This rank's rows of the smoothed vectors (dof order), for ``svd`` and ``nlss``.
+    model : object, optional
+        For ``nlss``: what ``nn.inference.load_model`` returns; used on rank 0 only
+        (other ranks may pass None): ``model.needs_A`` and
+        ``model.basis(S_full, r, node_order=..., A=A_full_or_None) -> (n, r)``.
+    node_order : array_like of int, shape (n,), optional
+        Global, on every rank: ``node_order[i]`` = global dof of input node ``i``. Needed by
+        ``sine`` and ``fixed``; passed to the model by ``nlss``.
+    near_nullspace : array_like, shape (n_local, m), optional
+        This rank's rows of near-nullspace vectors: ``sa``'s candidates ``B``; appended
+        to (and orthonormalised against) the basis for every other kind.
+    basis_file : path-like, optional
+        For ``fixed``: a file written by :func:`save_basis`, checked against ``n`` and
+        ``r`` (``r <= r_max``, order ``"node"``).
+    reference : scipy.sparse matrix, shape (n_local, n), optional
+        For ``eig-ref``: this rank's rows of the reference operator (e.g. the family's
+        mean-coefficient matrix, :func:`nlss_fenicsx.grid.reference_operator`); default
+        :func:`nlss_fenicsx.spectral.pattern_laplacian` of ``A``.
+    comm : mpi4py communicator, optional
+        None (or one rank) for serial use.
     seed : int, optional
-        Seed for PyAMG's randomised spectral-radius estimate.
+        For ``sa`` (PyAMG's randomised estimate).
+    timings : dict, optional
+        Filled with seconds: ``nlss`` adds ``gather``, ``model``, ``scatter``; ``eig-ref``
+        adds ``once`` (the reference eigensolve on a cache miss, 0.0 on a hit).
+    block_size : int, optional
+        Unknowns per node, for ``sa``.
 
     Returns
     -------
-    scipy.sparse.csr_matrix, shape (n, nc)
-        The smoothed prolongator, ``nc < n``. Not orthonormal.
+    numpy.ndarray, shape (n_local, r + m') (``scipy.sparse.csr_matrix`` for ``sa``)
+        This rank's rows of ``P`` in dof order; orthonormal columns for every kind but
+        ``sa`` (``fixed`` as stored). ``m'`` near-nullspace columns are appended.
 
     Raises
     ------
     ValueError
-        If ``A`` is not square, or too small for PyAMG to build a coarse level.
+        One line, on every rank: an unknown kind, bad shapes or values (complex, NaN),
+        a missing input the kind needs (``S``, ``model``, ``node_order``, ``basis_file``),
+        ``r`` out of range, a basis file that does not fit, ``sa`` in parallel, ``sine``
+        off the unit-square grid, or any error of the model.
 
     Examples
     --------
-    >>> import scipy.sparse as sp
-    >>> A = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(100, 100), format="csr")
-    >>> P = sa_amg_basis(A)
-    >>> P.shape[0], P.shape[1] < 100
-    (100, True)
+    >>> import numpy as np, scipy.sparse as sp
+    >>> A = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(50, 50), format="csr")
+    >>> P = coarse_basis("eig", A, r=3)
+    >>> P.shape, bool(np.allclose(P.T @ P, np.eye(3)))
+    ((50, 3), True)
     """
-    import pyamg  # heavy import, only needed for this baseline
+    if kind not in COARSE_KINDS:
+        raise ValueError(f"Unrecognized coarse kind {kind!r}; expected one of {COARSE_KINDS}")
+    comm = None if comm is None or comm.size == 1 else comm
+    with collective(comm):
+        A_local = _local_matrix("A_local", A_local)
+        n_local, n = A_local.shape
+        r = check_int("r", r, 1)
+        if comm is None and n_local != n:
+            raise ValueError(f"expected a square A serially, got shape {A_local.shape}")
+        if near_nullspace is not None:
+            near_nullspace = _local_rows("near_nullspace", near_nullspace, n_local)
+        if kind in ("svd", "nlss"):
+            if S is None:
+                raise ValueError(f"coarse kind {kind} needs S (this rank's rows of the "
+                                 "smoothed vectors)")
+            S = _local_rows("S", S, n_local)
+        order = None
+        if kind in ("sine", "fixed") or (kind == "nlss" and node_order is not None):
+            order = _node_order(node_order, n, kind)
+        if reference is not None:
+            reference = _local_matrix("reference", reference, n)
+            if reference.shape[0] != n_local:
+                raise ValueError(f"expected reference with this rank's {n_local} rows, "
+                                 f"got {reference.shape}")
+    layout = _Layout(comm, n_local, n)
+    if kind == "sa":
+        if comm is not None:
+            raise ValueError("coarse kind sa (PyAMG smoothed aggregation) is serial-only; "
+                             "use svd, sine, eig-ref, fixed or nlss under mpiexec")
+        return sa_amg_basis(A_local, B=near_nullspace, block_size=block_size, seed=seed)
+    P = _BUILDERS[kind](layout, A_local, r=r, S=S, model=model, order=order,
+                        basis_file=basis_file, reference=reference,
+                        timings={} if timings is None else timings)
+    if near_nullspace is not None:
+        P = append_near_nullspace(P, near_nullspace, comm=comm)
+    return P
 
-    shape = getattr(A, "shape", None)
-    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
-        raise ValueError(f"expected a square 2-D matrix A, got shape {shape}")
-    A = sp.csr_matrix(A, dtype=np.float64, copy=True)
-    # Stored zeros (dolfinx keeps the pattern of the zeroed Dirichlet rows and columns)
-    # would count as strong connections: a boundary node could then form an aggregate of
-    # its own whose candidate vector smooths to 0, i.e. a zero column of P.
-    A.eliminate_zeros()
-    n = A.shape[0]
-    # PyAMG draws from the legacy global RNG; seed it for this call only.
-    state = np.random.get_state()  # noqa: NPY002
-    try:
-        np.random.seed(seed)  # noqa: NPY002
-        ml = pyamg.smoothed_aggregation_solver(A, B=np.ones((n, 1)), max_levels=2, max_coarse=10)
-    finally:
-        np.random.set_state(state)  # noqa: NPY002
-    if len(ml.levels) < 2:
-        raise ValueError(
-            f"expected A large enough for a coarse level (n > max_coarse = 10), got n = {n}"
-        )
-    return sp.csr_matrix(ml.levels[0].P)
+
+def _svd(layout, A_local, *, r, S, **_):
+    comm = layout.comm
+    K = S.shape[1]
+    if r > K:  # the same K on every rank (checked below in parallel)
+        raise ValueError(f"expected r <= K = {K} (columns of S) for svd, got r = {r}")
+    if comm is None:
+        return svd_basis(S, r)
+    if len(set(comm.allgather(K))) != 1:
+        raise ValueError(f"expected S with the same K columns on every rank, got "
+                         f"{comm.allgather(K)}")
+    G = allsum(comm, S.T @ S)
+    return svd_basis_from_gram(G, S, r, allreduce=lambda x: allsum(comm, x))
+
+
+def _sine(layout, A_local, *, r, order, **_):
+    with collective(layout.comm):
+        N = spectral.grid_size(layout.n)
+        node_of_dof = np.empty(layout.n, dtype=np.int64)
+        node_of_dof[order] = np.arange(layout.n)
+        P = sine_basis(N, r, nodes=node_of_dof[layout.lo:layout.hi])
+    return P
+
+
+def _lowest_free_eigenvectors(M, r: int, kind: str) -> np.ndarray:
+    """Lowest eigenvectors of ``M`` off its identity (Dirichlet) rows, zero on them.
+
+    An identity row is decoupled: ``e_d`` is an eigenvector whose eigenvalue (1) is an
+    artefact of the value put on the diagonal, below or above the physical spectrum
+    depending on the coefficients' scale, and it costs Jacobi nothing. The eigenvectors of
+    the other dofs' block are eigenvectors of ``M`` too.
+    """
+    free = np.flatnonzero(~spectral.identity_rows(M))
+    if not 1 <= r < max(free.size, 2):
+        raise ValueError(f"expected r < {free.size} (unknowns that are not Dirichlet rows) "
+                         f"for {kind}, got r = {r}")
+    V = np.zeros((M.shape[0], r))
+    V[free] = spectral.lowest_eigenvectors(sp.csr_matrix(M)[free][:, free], r)
+    return V
+
+
+def _reference_key(layout, A_local, reference) -> str:
+    with collective(layout.comm):
+        key = spectral.ReferenceCache.key(A_local, reference, lo=layout.lo)
+    if layout.comm is None:
+        return key
+    return hashlib.blake2b("|".join(layout.comm.allgather(key)).encode(),
+                           digest_size=16).hexdigest()
+
+
+def _eig_ref(layout, A_local, *, r, reference, timings, **_):
+    key = _reference_key(layout, A_local, reference)
+    cached = _REFERENCE.get(key, r)
+    hit = cached is not None
+    if layout.comm is not None:
+        hit = all(layout.comm.allgather(hit))
+    if hit:
+        timings["once"] = 0.0
+        return cached
+    t0 = time.perf_counter()
+    given = [reference is not None] if layout.comm is None else layout.comm.allgather(
+        reference is not None)
+    if any(given) and not all(given):
+        raise ValueError(f"expected reference rows on every rank or on none, got them on "
+                         f"ranks {[k for k, g in enumerate(given) if g]} only")
+    A_full = layout.gather(A_local)
+    R_full = layout.gather(reference) if all(given) else None
+
+    def solve():
+        M = R_full if R_full is not None else spectral.pattern_laplacian(A_full)
+        return _lowest_free_eigenvectors(M, r, "eig-ref")
+
+    V = layout.on_root(solve, "the reference eigenvectors")
+    _REFERENCE.put(key, V)
+    _REFERENCE.misses += 1
+    timings["once"] = time.perf_counter() - t0
+    return V
+
+
+def _eig(layout, A_local, *, r, **_):
+    A_full = layout.gather(A_local)
+
+    def solve():
+        return _lowest_free_eigenvectors(A_full, r, "eig")
+
+    return layout.on_root(solve, "the eigenvectors of A")
+
+
+def _fixed(layout, A_local, *, r, order, basis_file, **_):
+    def read():
+        if basis_file is None:
+            raise ValueError("coarse kind fixed needs basis_file (written by save_basis or "
+                             "`nlss-fenicsx basis`)")
+        P_file, meta = load_basis(basis_file)
+        if meta["n"] != layout.n:
+            raise ValueError(f"basis file {basis_file}: built for n = {meta['n']}, but A has "
+                             f"n = {layout.n}")
+        if r > meta["r_max"]:
+            raise ValueError(f"basis file {basis_file}: holds r_max = {meta['r_max']} "
+                             f"columns, asked for r = {r}")
+        P = np.empty((layout.n, r))
+        P[order] = P_file[:, :r]  # row i of the file belongs to node i = dof order[i]
+        return P
+
+    return layout.on_root(read, "the basis file's P")
+
+
+def _nlss(layout, A_local, *, r, S, model, order, timings, **_):
+    comm = layout.comm
+    t0 = time.perf_counter()
+    needs_A, err = None, None
+    if layout.root:
+        try:
+            if model is None or not hasattr(model, "basis"):
+                raise ValueError("coarse kind nlss needs model (nn.inference.load_model(path)) "
+                                 "on rank 0")
+            needs_A = bool(getattr(model, "needs_A", False))
+        except Exception as exc:  # noqa: BLE001
+            err = exc
+    raise_collectively(comm, err)
+    if comm is not None:
+        needs_A = comm.bcast(needs_A, root=0)
+    S_full = layout.gather(S)
+    A_full = layout.gather(A_local) if needs_A else None
+    t1 = time.perf_counter()
+    times = {}
+
+    def infer():
+        tm = time.perf_counter()
+        P = model.basis(S_full, r, node_order=order, A=A_full)
+        times["model"] = time.perf_counter() - tm
+        return P
+
+    P = layout.on_root(infer, "the model's basis")
+    t2 = time.perf_counter()
+    model_time = times.get("model", 0.0)
+    if comm is not None:
+        model_time = comm.bcast(model_time, root=0)
+    timings.update(gather=t1 - t0, model=model_time, scatter=t2 - t1 - model_time)
+    return P
+
+
+_BUILDERS = {"svd": _svd, "sine": _sine, "eig-ref": _eig_ref, "eig": _eig, "fixed": _fixed,
+             "nlss": _nlss}
