@@ -177,8 +177,9 @@ def python_errors():
 
     A Python exception inside a PETSc callback (e.g. a python PC's set-up) reaches the
     caller as ``PETSc.Error: error code ...`` whose ``__cause__`` is the real error; inside
-    this context that error (``ValueError``, ``NotSPDError``, ``KeyboardInterrupt``, ...)
-    is raised itself. Errors of PETSc proper stay ``PETSc.Error``.
+    this context that error (``ValueError``, ``NotSPDError``, ``KeyboardInterrupt``, or
+    the ``PETSc.Error`` of a PETSc call made inside the callback) is raised itself. Errors
+    of PETSc calls made directly stay as they are.
 
     Examples
     --------
@@ -192,6 +193,6 @@ def python_errors():
         return
     except PETSc.Error as err:
         cause = err.__cause__
-        if cause is None or isinstance(cause, PETSc.Error):
+        if cause is None:
             raise
     raise cause  # outside the except block: no "during handling" chain

@@ -212,6 +212,10 @@ class TwoGridPC:
         lo, hi = A.getOwnershipRange()
         opts = self._resolve_options(pc, A, comm)
         order = la.node_order_of(A)
+        if order is None and opts.coarse in ("sine", "fixed", "nlss") and self._given_P is None:
+            raise ValueError(f"nlss_coarse {opts.coarse} needs the node order of the dofs: "
+                             "call nlss_fenicsx.petsc.attach_node_order(problem.A, V) before "
+                             "solve() (any mesh; pdes.assemble attaches it itself)")
         self._release()
         self.timings = {}
         t0 = time.perf_counter()
@@ -229,7 +233,8 @@ class TwoGridPC:
             P = coarse_basis(opts.coarse, A_local, r=opts.r, S=S, model=self._model,
                              node_order=order, near_nullspace=la.near_nullspace_rows(A),
                              basis_file=opts.basis, comm=comm if comm.size > 1 else None,
-                             seed=opts.seed, timings=self.timings)
+                             seed=opts.seed, timings=self.timings,
+                             block_size=A.getBlockSize())
         t3 = time.perf_counter()
         self._build_mg(pc, A, comm, P, (lo, hi, n), opts)
         self.P, self.S = P, S
@@ -252,8 +257,9 @@ class TwoGridPC:
         clipped = {}
         if opts.uses("K") and opts.K > n:
             clipped["K"] = n
-        if opts.uses("r") and opts.r > min(n, clipped.get("K", opts.K)):
-            clipped["r"] = min(n, clipped.get("K", opts.K)) if opts.uses("K") else n
+        limit = min(n, clipped.get("K", opts.K)) if opts.uses("K") else n
+        if opts.uses("r") and opts.r > limit:
+            clipped["r"] = limit
         if clipped:
             opts = replace(opts, **clipped)
             if comm.rank == 0:
@@ -435,7 +441,10 @@ class TwoGridPC:
         lines.append(f"  smoother: {o.smoother}, nu={o.nu} pre + {o.nu} post; "
                      f"{self.omega_reason}")
         if o.from_model:
-            lines.append(f"  from the model: {', '.join(sorted(o.from_model))}")
+            value = {"nlss_K": o.K, "nlss_rank": o.r, "nlss_sweeps": o.sweeps,
+                     "nlss_omega": o.smoothing_omega}
+            lines.append("  from the model: " + ", ".join(
+                f"{k}={value.get(k)}" for k in sorted(o.from_model)))
         if self._unused:
             lines.append(f"  not used by {o.coarse}: {', '.join(self._unused)}")
         lines.append("  set-up time: " + ", ".join(f"{k} {1e3 * v:.2f} ms"

@@ -1,0 +1,438 @@
+"""TwoGridPC: the native PCMG equals the SciPy TwoGrid for each smoother, it plugs into
+LinearProblem, its options cannot poison the process, the inner PCMG's options are the
+user's, errors are the right ones, and a checkpoint's settings are used (issue 18)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from nlss_fenicsx import la, meshes, pdes
+from nlss_fenicsx import petsc as npc
+from nlss_fenicsx._fenicsx import MPI, PETSc, dolfinx
+from nlss_fenicsx.coarse import svd_basis
+from nlss_fenicsx.options import TwoGridOptions
+from nlss_fenicsx.smoothing import smoothed_vectors
+from nlss_fenicsx.twogrid import ConvergenceError, NotSPDError, TwoGrid, pcg
+from tests.conftest import ROOT
+
+TWOGRID = {"ksp_type": "cg", "pc_type": "python",
+           "pc_python_type": "nlss_fenicsx.petsc.TwoGridPC"}
+
+
+@pytest.fixture(scope="module")
+def small_system():
+    return pdes.assemble(pdes.sample("diffusion", meshes.jittered_square(7, seed=0), rng=0))
+
+
+@pytest.fixture(scope="module")
+def system32():
+    return pdes.assemble(pdes.sample("anisotropic", meshes.jittered_square(32, seed=1), rng=1,
+                                     preset="code"))
+
+
+def _pc_for(A, ctx):
+    pc = PETSc.PC().create()
+    pc.setOperators(A)
+    pc.setType(PETSc.PC.Type.PYTHON)
+    pc.setPythonContext(ctx)
+    with npc.python_errors():
+        pc.setUp()
+    return pc
+
+
+def _dense_of(pc, n):
+    A = pc.getOperators()[0]
+    x, y = A.createVecRight(), A.createVecLeft()
+    B = np.zeros((n, n))
+    for i in range(n):
+        x.set(0.0)
+        x.setValue(i, 1.0)
+        x.assemble()
+        pc.apply(x, y)
+        B[:, i] = y.getArray()
+    return B
+
+
+def _ksp_solve(system, ctx, rtol=1e-6, maxit=10000):
+    ksp = PETSc.KSP().create()
+    ksp.setOperators(system.A)
+    ksp.setType("cg")
+    ksp.setTolerances(rtol=rtol, atol=0.0, max_it=maxit)
+    ksp.setNormType(PETSc.KSP.NormType.UNPRECONDITIONED)
+    ksp.getPC().setType(PETSc.PC.Type.PYTHON)
+    ksp.getPC().setPythonContext(ctx)
+    b, x = system.A.createVecRight(), system.A.createVecLeft()
+    b.setArray(system.b)
+    with npc.python_errors():
+        ksp.solve(b, x)
+    return ksp, x.getArray().copy()
+
+
+def _problem(prefix, options, family="screened_poisson", N=16, seed=2):
+    prob = pdes.sample(family, meshes.jittered_square(N, seed=seed), rng=3)
+    lp = dolfinx.fem.petsc.LinearProblem(prob.a, prob.L, bcs=prob.bcs,
+                                         petsc_options_prefix=prefix,
+                                         petsc_options={**TWOGRID, **options})
+    return prob, lp
+
+
+def _lu(prob):
+    sysm = pdes.assemble(prob)
+    return spla.spsolve(sysm.A_csr.tocsc(), sysm.b)
+
+
+# ------------------------------------------------------------------ the operator
+
+
+@pytest.mark.parametrize("smoother", ["jacobi", "chebyshev", "sor"])
+@pytest.mark.parametrize("nu", [1, 3])
+def test_pcmg_operator_equals_scipy_twogrid(small_system, smoother, nu):
+    P = svd_basis(smoothed_vectors(small_system.A_csr, 12, rng=0), 6)
+    ctx = npc.TwoGridPC(P=P, options=TwoGridOptions(r=6, K=12, nu=nu, smoother=smoother))
+    B_petsc = _dense_of(_pc_for(small_system.A, ctx), small_system.n)
+    tg = TwoGrid(small_system.A_csr, P, smoother=smoother, nu=nu, lam_max=ctx.lam_max)
+    B_ref = tg.apply(np.eye(small_system.n))
+    scale = np.abs(B_ref).max()
+    np.testing.assert_allclose(B_petsc, B_ref, rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(B_petsc, B_petsc.T, atol=1e-12 * scale)
+    assert np.linalg.eigvalsh(0.5 * (B_petsc + B_petsc.T)).min() > 0
+
+
+def test_weight_is_the_papers_where_safe_and_from_the_estimate(small_system):
+    ctx = npc.TwoGridPC(P=np.eye(small_system.n)[:, :4], options=TwoGridOptions(r=4, K=4))
+    _pc_for(small_system.A, ctx)
+    A = small_system.A_csr.toarray()
+    d = np.sqrt(np.diag(A))
+    exact = np.linalg.eigvalsh(A / np.outer(d, d))[-1]
+    assert 0.95 * exact < ctx.lam_max <= exact * (1 + 1e-12)
+    assert ctx.omega == 0.66 and "the paper's" in ctx.omega_reason
+
+
+def test_explicit_unsafe_omega_is_refused_naming_the_estimate(small_system):
+    with pytest.raises(ValueError, match=r"omega = 1.5 is unsafe for this matrix: "
+                                         r"lambda_max\(D\^-1 A\) is estimated at"):
+        _pc_for(small_system.A, npc.TwoGridPC(P=np.eye(small_system.n)[:, :4],
+                                              options=TwoGridOptions(r=4, K=4, omega=1.5)))
+
+
+def test_petsc_and_scipy_paths_same_iterations(system32):
+    S = smoothed_vectors(system32.A_csr, 48, rng=2)
+    for r in (8, 24, 48):
+        ksp, x = _ksp_solve(system32, npc.TwoGridPC(S=S, options=TwoGridOptions(r=r, K=48)))
+        assert ksp.getConvergedReason() > 0
+        x_ref, info = pcg(system32.A_csr, system32.b, TwoGrid(system32.A_csr, svd_basis(S, r)))
+        assert info.converged
+        assert abs(ksp.getIterationNumber() - info.iterations) <= 1
+        np.testing.assert_allclose(x, x_ref, rtol=1e-4, atol=1e-8)
+
+
+def test_full_rank_basis_is_exact(small_system):
+    n = small_system.n
+    Q = np.linalg.qr(np.random.default_rng(0).standard_normal((n, n)))[0]
+    ksp, x = _ksp_solve(small_system, npc.TwoGridPC(P=Q, options=TwoGridOptions(r=n, K=n)))
+    assert ksp.getIterationNumber() == 1
+    ref = spla.spsolve(small_system.A_csr.tocsc(), small_system.b)
+    np.testing.assert_allclose(x, ref, rtol=0, atol=1e-10 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("coarse", ["sa", "sine", "eig-ref", "eig"])
+def test_every_coarse_kind_converges_to_lu(coarse):
+    prob, lp = _problem(f"kind_{coarse.replace('-', '')}_", {"nlss_coarse": coarse,
+                                                            "ksp_rtol": 1e-10}, N=12)
+    la.attach_node_order(lp.A, prob.V)
+    with npc.python_errors():
+        uh = lp.solve()
+    assert npc.check_converged(lp) < 60
+    ref = _lu(prob)
+    np.testing.assert_allclose(uh.x.array, ref, atol=1e-7 * np.abs(ref).max())
+
+
+# ------------------------------------------------------------------ LinearProblem
+
+
+def test_linear_problem_with_twogrid_matches_direct():
+    options = {"ksp_rtol": 1e-10, "ksp_norm_type": "unpreconditioned",
+               "nlss_coarse": "svd", "nlss_rank": 16, "nlss_K": 24, "nlss_sweeps": 10,
+               "nlss_nu": 5, "nlss_omega": "auto"}
+    prob, lp = _problem("user_model_", options, N=24)
+    uh = lp.solve()
+    npc.check_converged(lp.solver)
+    ctx = lp.solver.getPC().getPythonContext()
+    assert isinstance(ctx, npc.TwoGridPC)
+    assert (ctx.options.r, ctx.options.K, ctx.coarse_size, ctx.omega) == (16, 24, 16, 0.66)
+    ref = _lu(prob)
+    np.testing.assert_allclose(uh.x.array, ref, rtol=0, atol=1e-5 * np.abs(ref).max())
+    # Nothing of the PC's own PCMG settings is left in the options database.
+    assert not any("nlss_mg_" in key for key in PETSc.Options().getAll())
+
+
+def test_view_says_what_was_built_and_why(capsys, small_system):
+    ctx = npc.TwoGridPC(options=TwoGridOptions(r=5, K=10))
+    pc = _pc_for(small_system.A, ctx)
+    ctx.view(pc)
+    out = capsys.readouterr().out
+    assert "coarse space: svd, coarse size 5" in out and "K=10" in out
+    assert "omega = 0.66 (the paper's): safe" in out
+    assert set(ctx.timings) == {"estimate", "smoothing", "inference", "setup"}
+    viewer = PETSc.Viewer().createASCII("stdout")
+    pc.view(viewer)
+    viewer.flush()
+
+
+def test_non_converging_solve_raises_with_reason(system32):
+    ksp, _ = _ksp_solve(system32, npc.TwoGridPC(options=TwoGridOptions(r=4, K=8)), maxit=3)
+    with pytest.raises(ConvergenceError, match="DIVERGED_MAX_IT"):
+        npc.check_converged(ksp)
+
+
+def test_linear_problem_non_convergence_is_reported_with_reason():
+    _, lp = _problem("fails_", {"ksp_rtol": 1e-12, "ksp_max_it": 2, "nlss_rank": 4,
+                                "nlss_K": 8}, N=12)
+    lp.solve()
+    with pytest.raises(ConvergenceError, match=r"DIVERGED_MAX_IT \(-3\) after 2 iterations"):
+        npc.check_converged(lp)
+
+
+# ------------------------------------------------------------------ options cannot poison
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("nlss_rank", 48.0, "nlss_rank: expected an integer >= 1, got '48.0'"),
+    ("nlss_rank", "abc", "nlss_rank: expected an integer >= 1, got 'abc'"),
+    ("nlss_omega", "fast", "nlss_omega: expected 'auto' or a number > 0, got 'fast'"),
+    ("nlss_coarse", "magic", "nlss_coarse: expected one of svd, sa, sine, eig-ref, eig, "
+                             "fixed, nlss; got 'magic'"),
+    ("nlss_ranks", 4, "unknown option nlss_ranks"),
+    ("pc_python_type", "nlss_fenicsx.petsc.TwoGridPc", "pc_python_type "
+     "nlss_fenicsx.petsc.TwoGridPc: no such preconditioner"),
+])
+def test_bad_value_is_one_error_and_the_next_solver_gets_exactly_its_own(key, value, expected):
+    tag = f"bad{abs(hash((key, str(value)))) % 10**6}_"
+    _, bad = _problem(tag, {key: value}, N=6)
+    with pytest.raises(ValueError) as info, npc.python_errors():
+        bad.solve()
+    assert str(info.value).startswith(expected) and "\n" not in str(info.value)
+    # The next solvers in this process: exactly what they asked for.
+    prob = pdes.sample("diffusion", meshes.jittered_square(6, seed=0), rng=0)
+    plain = dolfinx.fem.petsc.LinearProblem(
+        prob.a, prob.L, bcs=prob.bcs, petsc_options_prefix=tag + "next_",
+        petsc_options={"ksp_type": "cg", "pc_type": "jacobi", "ksp_rtol": 1e-9})
+    plain.solve()
+    assert plain.solver.getType() == "cg" and plain.solver.getPC().getType() == "jacobi"
+    assert plain.solver.getTolerances()[0] == 1e-9
+    _, good = _problem(tag + "good_", {"nlss_rank": "6", "nlss_K": "9"}, N=6)
+    good.solve()
+    ctx = good.solver.getPC().getPythonContext()
+    assert (ctx.options.r, ctx.options.K, ctx.coarse_size) == (6, 9, 6)
+    npc.check_converged(good)
+
+
+def test_options_not_used_by_the_kind_are_one_warning_line():
+    _, lp = _problem("unused_", {"nlss_coarse": "sa", "nlss_K": "8", "nlss_rank": "4"}, N=8)
+    with pytest.warns(npc.OptionNotUsedWarning, match=r"^TwoGridPC: nlss_rank, nlss_K are not "
+                                                      r"used by nlss_coarse sa \(ignored\)$"):
+        lp.solve()
+    npc.check_converged(lp)
+    assert lp.solver.getPC().getPythonContext().describe()[-2] == \
+        "  not used by sa: nlss_rank, nlss_K"
+
+
+def test_small_problem_clips_k_and_rank_with_one_line():
+    _, lp = _problem("tiny_", {}, N=3)
+    with pytest.warns(UserWarning, match=r"only n = 16 unknowns: nlss_K clipped to 16, "
+                                         r"nlss_rank clipped to 16"):
+        lp.solve()
+    assert npc.check_converged(lp) <= 2  # coarse space = everything: exact
+
+
+# ------------------------------------------------------------------ the inner PCMG
+
+
+def test_user_mg_options_are_honoured_and_never_deleted():
+    db = PETSc.Options()
+    db["mguser_nlss_mg_mg_levels_ksp_max_it"] = "2"  # set globally, before the problem
+    try:
+        prob, lp = _problem("mguser_", {"nlss_rank": 8, "nlss_K": 12, "ksp_rtol": 1e-10,
+                                        "nlss_mg_mg_coarse_pc_type": "lu",
+                                        "nlss_mg_pc_mg_cycle_type": "w"}, N=10)
+        uh = lp.solve()
+        mg = lp.solver.getPC().getPythonContext().inner
+        assert mg.getMGSmoother(1).getTolerances()[3] == 2
+        assert mg.getMGCoarseSolve().getPC().getType() == "lu"
+        assert db.getAll()["mguser_nlss_mg_mg_levels_ksp_max_it"] == "2"  # still there
+        ref = _lu(prob)
+        np.testing.assert_allclose(uh.x.array, ref, atol=1e-7 * np.abs(ref).max())
+    finally:
+        db.delValue("mguser_nlss_mg_mg_levels_ksp_max_it")
+
+
+@pytest.mark.parametrize(("key", "value"), [("pc_type", "jacobi"), ("pc_mg_levels", "3"),
+                                            ("pc_mg_galerkin", "both"), ("ksp_type", "gmres")])
+def test_structural_mg_options_are_refused_in_one_line(key, value):
+    _, lp = _problem(f"mgbad{key}_", {f"nlss_mg_{key}": value}, N=6)
+    with pytest.raises(ValueError, match=f"^nlss_mg_{key} '{value}' is refused: the inner "
+                                         "PCMG of TwoGridPC takes only"), npc.python_errors():
+        lp.solve()
+
+
+def test_a_petsc_error_is_reported_as_itself():
+    _, lp = _problem("mgpetsc_", {"nlss_mg_mg_levels_ksp_type": "nonsense"}, N=6)
+    with pytest.raises(PETSc.Error) as info, npc.python_errors():
+        lp.solve()
+    assert not isinstance(info.value, NotSPDError)
+    assert any("inner PCMG" in note for note in getattr(info.value, "__notes__", []))
+
+
+# ------------------------------------------------------------------ not SPD, bad input
+
+
+def test_rank_deficient_basis_raises_not_spd(small_system):
+    P = np.zeros((small_system.n, 3))
+    P[0, 0] = P[1, 1] = 1.0  # third column zero: Ac singular
+    with pytest.raises(NotSPDError, match=r"Ac = P\^T A P \(3 x 3\) is not symmetric positive"):
+        _pc_for(small_system.A, npc.TwoGridPC(P=P, options=TwoGridOptions(r=3, K=3)))
+
+
+def test_indefinite_symmetric_matrix_is_not_spd(small_system):
+    A = small_system.A_csr.toarray()
+    interior = np.ones(len(A), bool)
+    interior[small_system.boundary_dofs] = False
+    mu = np.linalg.eigvalsh(A[np.ix_(interior, interior)])
+    As = A - 0.5 * (mu[0] + mu[1]) * np.diag(interior.astype(float))
+    V = np.linalg.eigh(As)[1]
+    M = PETSc.Mat().createAIJ(size=As.shape, csr=(lambda c: (c.indptr, c.indices, c.data))(
+        sp.csr_matrix(As)), comm=PETSc.COMM_SELF)
+    M.assemble()
+    with pytest.raises(NotSPDError, match="Cholesky failed"):
+        _pc_for(M, npc.TwoGridPC(P=V[:, :3], options=TwoGridOptions(r=3, K=3)))
+
+
+def test_nlss_without_model_or_node_order_is_a_clear_error(small_system):
+    with pytest.raises(ValueError, match="nlss_coarse nlss needs nlss_model PATH"):
+        _pc_for(small_system.A, npc.TwoGridPC(options=TwoGridOptions(coarse="nlss", r=4, K=8)))
+    prob, lp = _problem("noorder_", {"nlss_coarse": "sine", "nlss_rank": 4}, N=6)
+    with pytest.raises(ValueError, match=r"needs the node order of the dofs: call "
+                                         r"nlss_fenicsx.petsc.attach_node_order\(problem.A, V\)"):
+        with npc.python_errors():
+            lp.solve()
+
+
+def test_keyboard_interrupt_during_setup_propagates(small_system, monkeypatch):
+    import nlss_fenicsx.coarse
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nlss_fenicsx.coarse, "coarse_basis", interrupted)
+    ctx = npc.TwoGridPC(options=TwoGridOptions(r=4, K=8))
+    with pytest.raises(KeyboardInterrupt):
+        _pc_for(small_system.A, ctx)
+    assert ctx.inner is None  # nothing half-built kept
+
+
+# ------------------------------------------------------------------ vector problems
+
+
+def _elasticity(cell, n=4):
+    from tests import client_programs as cp
+
+    return cp, cp.elasticity_program(n=n, cell=cell)
+
+
+@pytest.mark.parametrize("cell", ["tetrahedron", "hexahedron"])
+def test_elasticity_default_options_converge_with_the_near_nullspace(cell):
+    cp, program = _elasticity(cell)
+    ref = cp.solve(program, cp.LU)
+    for coarse in ("svd", "sa"):
+        with npc.python_errors():
+            got = cp.solve(program, cp.twogrid(coarse), rtol=1e-10)
+        assert got.converged, (coarse, got.reason)
+        assert cp.relative_error(got.x, ref.x, MPI.COMM_WORLD) < 1e-6
+        ctx = got.pc
+        if coarse == "svd":
+            assert ctx.coarse_size == 48 + 6  # the six rigid-body modes appended
+        if cell == "hexahedron":  # 0.66 would diverge here; auto picks a safe weight
+            assert ctx.omega < 0.66 and "would diverge" in ctx.omega_reason
+
+
+# ------------------------------------------------------------------ a checkpoint's settings
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    import torch
+
+    from nlss_fenicsx.nn.train import TrainConfig, train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = tmp_path_factory.mktemp("models") / "tiny.pt"
+        train(TrainConfig(N=8, K=8, r_max=6, hidden=(16,), steps=3, n_eval=2, sweeps=7),
+              path, progress=False, log=lambda *_: None)
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+def test_model_settings_fill_what_the_user_did_not_give(tiny_model, capsys):
+    prob, lp = _problem("frommodel_", {"nlss_coarse": "nlss", "nlss_model": str(tiny_model),
+                                       "ksp_rtol": 1e-8}, family="diffusion", N=8)
+    la.attach_node_order(lp.A, prob.V)
+    with npc.python_errors():
+        uh = lp.solve()
+    npc.check_converged(lp)
+    ctx = lp.solver.getPC().getPythonContext()
+    assert (ctx.options.K, ctx.options.r, ctx.options.sweeps, ctx.coarse_size) == (8, 6, 7, 6)
+    assert ("  from the model: nlss_K=8, nlss_omega=0.66, nlss_rank=6, nlss_sweeps=7"
+            in ctx.describe())
+    ref = _lu(prob)
+    np.testing.assert_allclose(uh.x.array, ref, atol=1e-6 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({"nlss_K": 72}, "nlss_K 72 contradicts"),
+    ({"nlss_rank": 7}, "nlss_rank 7 exceeds r_max=6"),
+    ({"nlss_pde": "anisotropic"}, "nlss_pde anisotropic contradicts"),
+])
+def test_a_setting_contradicting_the_model_is_refused(tiny_model, given, expected):
+    prob, lp = _problem(f"contra{len(given)}{list(given)[0]}_",
+                        {"nlss_coarse": "nlss", "nlss_model": str(tiny_model), **given},
+                        family="diffusion", N=8)
+    la.attach_node_order(lp.A, prob.V)
+    with pytest.raises(ValueError, match=expected), npc.python_errors():
+        lp.solve()
+
+
+def test_model_for_another_n_is_refused(tiny_model):
+    prob, lp = _problem("othern_", {"nlss_coarse": "nlss", "nlss_model": str(tiny_model)},
+                        family="diffusion", N=10)
+    la.attach_node_order(lp.A, prob.V)
+    with pytest.raises(ValueError, match="trained for n=81 unknowns; the problem has n=121"):
+        with npc.python_errors():
+            lp.solve()
+
+
+# ------------------------------------------------------------------ import order
+
+
+def _fresh(code: str):
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT, env={"PYTHONPATH": str(ROOT),
+                                                      "OMP_NUM_THREADS": "1",
+                                                      "PATH": "/usr/bin:/bin"})
+    return proc
+
+
+@pytest.mark.parametrize("second", ["import dolfinx.fem.petsc", "from petsc4py import PETSc",
+                                    "import nlss_fenicsx.petsc"])
+def test_import_nlss_fenicsx_first_makes_the_stack_importable(second):
+    proc = _fresh(f"import nlss_fenicsx, sys\nloaded = 'dolfinx' in sys.modules\n{second}\n"
+                  "import json; print(json.dumps(loaded))")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) is False  # nothing heavy until asked for
