@@ -113,30 +113,30 @@ def _cmd_solve(args, comm) -> int:
 
 
 # --------------------------------------------------------------------------- train
+GNN_LAYERS = 5  # the authors' message-passing depth
+
+
 def _train_config(args):
+    """Build the :class:`~nlss_fenicsx.nn.train.TrainConfig` of ``train``'s flags."""
     from nlss_fenicsx.nn.train import TrainConfig
 
-    common = dict(pde=args.pde, K=args.K, r_max=args.rank, steps=args.steps,
-                  batch=args.batch, seed=args.seed, preset=args.preset, arch=args.arch,
-                  **({"N": args.N} if args.mesh is None else {}),
-                  **({"lr": args.lr} if args.lr is not None else {}),
-                  **({"ckpt_every": args.ckpt_every} if args.ckpt_every else {}))
+    hidden = args.hidden
     if args.arch == "gnn":
-        if args.hidden is not None and len(args.hidden) != 1:
+        if hidden is not None and len(hidden) != 1:
             raise UsageError("--arch gnn takes --hidden WIDTH (one integer, the width of the "
-                             f"message-passing layers); got {','.join(map(str, args.hidden))}")
-        if args.loss not in (None, "twogrid"):
+                             f"message-passing layers); got {','.join(map(str, hidden))}")
+        if args.loss is not None:
             raise UsageError(f"--arch gnn trains on the two-grid loss; --loss {args.loss} "
                              "does not apply")
         if args.protocol != "code":
             raise UsageError("--arch gnn trains on a fresh instance per step; --protocol "
                              f"{args.protocol} does not apply")
-        return TrainConfig(loss="twogrid", **({"width": args.hidden[0]} if args.hidden
-                                              else {}), **common)
-    if args.loss == "twogrid":
-        raise UsageError("--loss twogrid is the GNN's (--arch gnn)")
-    return TrainConfig(loss=args.loss or "nlss", protocol=args.protocol,
-                       **({"hidden": args.hidden} if args.hidden else {}), **common)
+        hidden = hidden and hidden * GNN_LAYERS
+    return TrainConfig(arch=args.arch, pde=args.pde, K=args.K, r_max=args.rank, loss=args.loss,
+                       steps=args.steps, lr=args.lr, batch=args.batch, seed=args.seed,
+                       protocol=args.protocol, preset=args.preset, hidden=hidden,
+                       **({"N": args.N} if args.mesh is None else {}),
+                       **({"ckpt_every": args.ckpt_every} if args.ckpt_every else {}))
 
 
 def _cmd_train(args, comm) -> int:
@@ -154,26 +154,32 @@ def _cmd_train(args, comm) -> int:
     tag = "gnn" if args.arch == "gnn" else args.loss or "nlss"
     out = check_destination(args.out or Path(
         f"models/{args.pde}_{stem}_K{args.K}_r{args.rank}_{tag}.pt"))
-    cfg = _train_config(args)
     if n is not None:
         hidden = args.hidden or ((488,) if args.arch == "gnn" else (128, 256, 256, 128))
         check_memory(train_bytes(n, args.K, args.rank, hidden, arch=args.arch,
                                  batch=args.batch), f"training at --N {args.N}")
+    cfg = _train_config(args)
     sampler = None
     if args.mesh is not None:
         from nlss_fenicsx import meshes, pdes
 
         sampler = pdes.training_sampler(args.pde, meshes.read_msh(args.mesh), K=args.K,
                                         sweeps=cfg.sweeps, omega=cfg.omega, seed=args.seed,
-                                        preset=args.preset, arch=args.arch)
+                                        preset=args.preset, with_A=args.arch == "gnn")
     from nlss_fenicsx.nn.train import peak_rss_mib, train
 
     t0 = time.perf_counter()
     model = train(cfg, out, sampler=sampler, device=args.device, resume=not args.restart,
                   progress=not args.no_progress)
-    print(f"wrote {out}: {args.arch.upper()} {model.num_parameters():,} parameters, step "
-          f"{model.step}, {time.perf_counter() - t0:.1f} s wall, peak RSS "
-          f"{peak_rss_mib():.0f} MiB")
+    net = (f"GNN width {cfg.hidden[0]}, {len(cfg.hidden)} layers" if args.arch == "gnn"
+           else f"MLP {','.join(map(str, cfg.hidden))}")
+    print(f"wrote {out}: {net}, {model.num_parameters():,} parameters, step {model.step}, "
+          f"{time.perf_counter() - t0:.1f} s wall, peak RSS {peak_rss_mib():.0f} MiB")
+    last = (model.train_state.get("history") or [{}])[-1]
+    held = {k: v for k, v in last.items() if k.startswith(("gap@", "eval_loss"))}
+    if held:
+        print(f"held-out at step {last.get('step')}: "
+              + ", ".join(f"{k} {v:.4f}" for k, v in held.items()))
     return 0
 
 
@@ -228,22 +234,27 @@ def _cmd_basis(args, comm) -> int:
     if args.kind == "nlss-family":
         raise UsageError("--kind nlss-family is not available yet in this version; use sine "
                          "or eig-ref")
-    n = grid_n(args)
-    if n is not None and args.rank > n:
-        raise UsageError(f"--rank must be <= n = (N+1)^2 = {n}, got {args.rank}")
+    n = (args.N + 1) ** 2
+    if args.rank >= n:
+        raise UsageError(f"--rank must be < n = (N+1)^2 = {n}, got {args.rank}")
     out = check_destination(args.out or Path(
-        f"bases/{args.pde}_{args.mesh.stem if args.mesh else f'N{args.N}'}_{args.kind}"
-        f"_r{args.rank}.npz"))
-    if n is not None:
-        check_memory(solve_bytes(n, 0, 3 * args.rank), f"--N {args.N}")
-    from nlss_fenicsx import coarse
+        f"bases/{args.pde}_N{args.N}_s{args.seed}_{args.kind}_r{args.rank}.npz"))
+    check_memory(solve_bytes(n, 0, 3 * args.rank), f"--N {args.N}")
+    import numpy as np
+
+    from nlss_fenicsx import coarse, grid
 
     t0 = time.perf_counter()
-    meta = coarse.build_family_basis(args.kind, out, pde=args.pde, r_max=args.rank,
-                                     N=None if args.mesh else args.N, mesh=args.mesh,
-                                     preset=args.preset)
-    print(f"wrote {out}: {args.kind} basis, r_max {args.rank}, {meta.get('n', '?')} nodes, "
-          f"{args.pde} ({time.perf_counter() - t0:.1f} s)")
+    # The family's mean-coefficient operator on the mesh of --seed, in grid order (= the
+    # jittered square's node order): eig-ref's reference; sine only needs its size.
+    R = grid.reference_operator(args.pde, args.N, seed=args.seed, preset=args.preset)
+    P = coarse.coarse_basis(args.kind, R, r=args.rank, node_order=np.arange(n), reference=R)
+    meta = coarse.save_basis(out, P, meta={
+        "kind": args.kind, "family": args.pde, "preset": args.preset, "N": args.N,
+        "mesh": f"jittered unit square N={args.N} seed={args.seed}"})
+    print(f"wrote {out}: {args.kind} basis of {args.pde} on N={args.N} (n={meta['n']}, "
+          f"r_max={meta['r_max']}) in {time.perf_counter() - t0:.2f} s; use it with "
+          f"`solve --coarse fixed --basis {out}` or nlss_coarse fixed, nlss_basis {out}")
     return 0
 
 
@@ -384,13 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true")
 
     p = _sub(sub, "basis", "build a coarse basis once per family (for --coarse fixed)",
-             "Build a coarse basis once for a PDE family and mesh and write it for "
-             "`solve --coarse fixed --basis PATH` (PETSc option nlss_coarse fixed): sine "
-             "(the grid's lowest sine modes), eig-ref (a reference operator's lowest "
-             "eigenvectors), nlss-family (the NLSS loss over one basis; not yet available).",
+             "Build a coarse basis once for a PDE family on the jittered unit square (the "
+             "mesh of --N and --seed, as solve makes it) and write it for `solve --coarse "
+             "fixed --basis PATH` (PETSc: nlss_coarse fixed, nlss_basis PATH): sine (the "
+             "grid's lowest sine modes), eig-ref (the lowest eigenvectors of the family's "
+             "mean-coefficient operator), nlss-family (the NLSS loss over one basis; not "
+             "yet available). Any r <= r_max leading columns are the basis of rank r.",
              _cmd_basis)
     p.add_argument("--kind", choices=("sine", "eig-ref", "nlss-family"), required=True)
-    _common(p, mesh=True, seed=False)
+    _common(p)
     p.add_argument("--rank", type=int_at_least(1), default=72,
                    help="r_max, columns of the basis (default 72)")
     p.add_argument("--preset", choices=("default", "paper", "code"), default="default")
@@ -414,6 +427,8 @@ def _run(args, comm) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run ``nlss-fenicsx`` with ``argv``; return the exit status (see the epilog)."""
     args = build_parser().parse_args(argv)
+    # torch reads this once, before its first allocation: huge pages for training's buffers.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     debug = args.debug or os.environ.get("NLSS_FENICSX_DEBUG", "0") not in ("", "0")
     comm = handshake = None
     main_thread = threading.current_thread() is threading.main_thread()

@@ -104,8 +104,8 @@ def tiny_model(tmp_path_factory):
      "--arch gnn trains on the two-grid loss; --loss subspace does not apply"),
     (["train", "--mesh", "/nonexistent.msh"], "--mesh: mesh file not found: /nonexistent.msh"),
     (["bench", "--ranks", "0"], "argument --ranks: expected positive widths, got '0'"),
-    (["basis", "--kind", "sine", "--N", "3", "--rank", "17"],
-     "--rank must be <= n = (N+1)^2 = 16, got 17"),
+    (["basis", "--kind", "sine", "--N", "3", "--rank", "16"],
+     "--rank must be < n = (N+1)^2 = 16, got 16"),
     (["basis", "--kind", "nlss-family", "--N", "8"], "--kind nlss-family is not available yet"),
     (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
 ])
@@ -213,8 +213,9 @@ def test_training_keeps_the_model_when_the_final_write_fails(tmp_path):
 # ------------------------------------------------------------------ litter (15.4)
 def test_train_killed_mid_write_leaves_a_temporary_that_the_next_run_sweeps(tmp_path):
     out = tmp_path / "models" / "m.pt"
-    args = ["train", "--N", "8", "--K", "8", "--rank", "8", "--hidden", "256,256",
-            "--steps", "100000", "--ckpt-every", "1", "--no-progress", "--out", out]
+    common = ["--N", "8", "--K", "8", "--rank", "8", "--hidden", "256,256", "--no-progress",
+              "--out", out]
+    args = ["train", *common, "--steps", "100000", "--ckpt-every", "1"]
     for _attempt in range(5):
         proc = subprocess.Popen([sys.executable, "-m", "nlss_fenicsx", *map(str, args)],
                                 env=_env(tmp_path), cwd=tmp_path, stdout=subprocess.DEVNULL,
@@ -236,8 +237,7 @@ def test_train_killed_mid_write_leaves_a_temporary_that_the_next_run_sweeps(tmp_
             break
     assert left and all(f"-{proc.pid}." in name for name in left), left
     # The next run writing there (a short resume) removes it.
-    done = cli("train", *args[1:8], "--hidden", "256,256", "--steps", "1", "--restart",
-               "--no-progress", "--out", out, tmp_path=tmp_path)
+    done = cli("train", *common, "--steps", "1", "--restart", tmp_path=tmp_path)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.pt"]
 
