@@ -29,7 +29,7 @@ import scipy.sparse as sp
 
 from nlss_fenicsx._checks import check_int, check_real_array, reject_complex
 
-__all__ = ["append_near_nullspace", "sa_amg_basis", "svd_basis", "svd_basis_from_gram"]
+__all__ = ["allsum", "append_near_nullspace", "sa_amg_basis", "svd_basis", "svd_basis_from_gram"]
 
 
 def _check_rank(r, limit: int, what: str) -> int:

@@ -81,16 +81,24 @@ def clear_reference_cache() -> None:
 class _Layout:
     """Row ranges of a matrix distributed by contiguous row blocks in rank order (PETSc's)."""
 
-    def __init__(self, comm, n_local: int, n: int):
+    def __init__(self, comm, shapes: dict):
+        """``shapes``: this rank's ``{"A": (n_local, n), "S": K, ...}``, compared on all."""
         self.comm = comm
-        counts = [n_local] if comm is None else comm.allgather(n_local)
+        everyone = [shapes] if comm is None else comm.allgather(shapes)
+        # The same data on every rank from here on, so every rank takes the same decision.
+        for key in shapes:
+            if key != "A" and len({s[key] for s in everyone}) > 1:
+                raise ValueError(f"expected {key} with the same number of columns on every "
+                                 f"rank, got {[s[key] for s in everyone]}")
+        counts = [s["A"][0] for s in everyone]
+        self.n = n = everyone[0]["A"][1]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         mpi_rank = 0 if comm is None else comm.rank
-        self.lo, self.hi, self.n = int(self.offsets[mpi_rank]), int(self.offsets[mpi_rank + 1]), n
+        self.lo, self.hi = int(self.offsets[mpi_rank]), int(self.offsets[mpi_rank + 1])
         self.root = mpi_rank == 0
-        if self.offsets[-1] != n:  # the same counts on every rank: the same error
-            raise ValueError(f"expected the ranks' rows of A to add up to n = {n} (its "
-                             f"columns), got {int(self.offsets[-1])} rows {counts}")
+        if len({s["A"][1] for s in everyone}) > 1 or self.offsets[-1] != n:
+            raise ValueError(f"expected the ranks' rows of A to add up to its n columns, got "
+                             f"(rows, columns) {[s['A'] for s in everyone]}")
 
     def gather(self, X):
         """Return the whole of a row-distributed array (or CSR) on rank 0; None elsewhere."""
@@ -239,7 +247,11 @@ def coarse_basis(kind: str, A_local, *, r: int, S=None, model=None, node_order=N
             if reference.shape[0] != n_local:
                 raise ValueError(f"expected reference with this rank's {n_local} rows, "
                                  f"got {reference.shape}")
-    layout = _Layout(comm, n_local, n)
+    shapes = {"A": A_local.shape}
+    for name, X in (("S", S), ("near_nullspace", near_nullspace)):
+        if X is not None:
+            shapes[name] = X.shape[1]
+    layout = _Layout(comm, shapes)
     if kind == "sa":
         if comm is not None:
             raise ValueError("coarse kind sa (PyAMG smoothed aggregation) is serial-only; "
@@ -256,13 +268,10 @@ def coarse_basis(kind: str, A_local, *, r: int, S=None, model=None, node_order=N
 def _svd(layout, A_local, *, r, S, **_):
     comm = layout.comm
     K = S.shape[1]
-    if r > K:  # the same K on every rank (checked below in parallel)
+    if r > K:  # the same K on every rank (checked by _Layout)
         raise ValueError(f"expected r <= K = {K} (columns of S) for svd, got r = {r}")
     if comm is None:
         return svd_basis(S, r)
-    if len(set(comm.allgather(K))) != 1:
-        raise ValueError(f"expected S with the same K columns on every rank, got "
-                         f"{comm.allgather(K)}")
     G = allsum(comm, S.T @ S)
     return svd_basis_from_gram(G, S, r, allreduce=lambda x: allsum(comm, x))
 

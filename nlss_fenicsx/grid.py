@@ -180,7 +180,7 @@ def coefficient_draws(family: str, preset: str, ncells: int, rng) -> dict:
     Raises
     ------
     ValueError
-        On an unknown family or preset.
+        If ``family`` or ``preset`` is not one this module knows.
 
     Examples
     --------
@@ -341,7 +341,7 @@ def assemble_p1(family: str, points: np.ndarray, triangles: np.ndarray, coeffici
     Raises
     ------
     ValueError
-        On an unknown family.
+        If ``family`` is not one of :data:`FAMILIES`.
 
     Examples
     --------

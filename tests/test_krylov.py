@@ -169,3 +169,12 @@ def test_pcg_refuses_complex_and_empty_systems():
     x, info = pcg(spla.aslinearoperator(A), np.ones(16), rtol=1e-10)
     assert info.converged
     np.testing.assert_allclose(A @ x, 1.0, atol=1e-8)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_pcg_refuses_a_nonfinite_matrix(value):
+    A = laplacian(4).tolil()
+    A[2, 3] = A[3, 2] = value
+    for M in (A.tocsr(), A.toarray()):  # sparse and dense A
+        with pytest.raises(ValueError, match="expected A to have finite entries, got NaN or Inf"):
+            pcg(M, np.ones(16))

@@ -116,6 +116,11 @@ cases = {
     "rows_do_not_add_up": lambda: coarse_basis(
         "eig", A[lo:hi + (me == last and hi < n)] if me != last else A[lo:hi][:-1], r=4,
         comm=comm),
+    "K_differs_on_last_rank": lambda: coarse_basis(
+        "nlss", A[lo:hi], r=4, S=S[lo:hi, :15] if me == last else S[lo:hi], model=Model(),
+        comm=comm),
+    "columns_differ_on_rank0": lambda: coarse_basis(
+        "eig", A[lo:hi, :-1] if me == 0 else A[lo:hi], r=4, comm=comm),
     "complex_A_rank0": lambda: coarse_basis(
         "eig", A[lo:hi] * (1j if me == 0 else 1), r=4, comm=comm),
     "lambda_nan_last_rank": lambda: dist_estimate(
