@@ -285,20 +285,20 @@ def _sine(layout, A_local, *, r, order, **_):
     return P
 
 
-def _lowest_free_eigenvectors(M, r: int, kind: str) -> np.ndarray:
-    """Lowest eigenvectors of ``M`` off its identity (Dirichlet) rows, zero on them.
+def _lowest_free_eigenvectors(op, r: int, kind: str) -> np.ndarray:
+    """Lowest eigenvectors of ``op`` off its identity (Dirichlet) rows, zero on them.
 
     An identity row is decoupled: ``e_d`` is an eigenvector whose eigenvalue (1) is an
     artefact of the value put on the diagonal, below or above the physical spectrum
     depending on the coefficients' scale, and it costs Jacobi nothing. The eigenvectors of
-    the other dofs' block are eigenvectors of ``M`` too.
+    the other dofs' block are eigenvectors of ``op`` too.
     """
-    free = np.flatnonzero(~spectral.identity_rows(M))
+    free = np.flatnonzero(~spectral.identity_rows(op))
     if not 1 <= r < max(free.size, 2):
         raise ValueError(f"expected r < {free.size} (unknowns that are not Dirichlet rows) "
                          f"for {kind}, got r = {r}")
-    V = np.zeros((M.shape[0], r))
-    V[free] = spectral.lowest_eigenvectors(sp.csr_matrix(M)[free][:, free], r)
+    V = np.zeros((op.shape[0], r))
+    V[free] = spectral.lowest_eigenvectors(sp.csr_matrix(op)[free][:, free], r)
     return V
 
 
@@ -330,8 +330,8 @@ def _eig_ref(layout, A_local, *, r, reference, timings, **_):
     R_full = layout.gather(reference) if all(given) else None
 
     def solve():
-        M = R_full if R_full is not None else spectral.pattern_laplacian(A_full)
-        return _lowest_free_eigenvectors(M, r, "eig-ref")
+        op = R_full if R_full is not None else spectral.pattern_laplacian(A_full)
+        return _lowest_free_eigenvectors(op, r, "eig-ref")
 
     V = layout.on_root(solve, "the reference eigenvectors")
     _REFERENCE.put(key, V)

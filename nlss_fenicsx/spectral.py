@@ -145,18 +145,18 @@ def _fix_signs(V: np.ndarray) -> np.ndarray:
     return V * signs
 
 
-def lowest_eigenvectors(M, r: int) -> np.ndarray:
+def lowest_eigenvectors(A, r: int) -> np.ndarray:
     """Return the eigenvectors of the ``r`` smallest eigenvalues of a symmetric matrix.
 
     ``n <= DENSE_LIMIT``: LAPACK's ``syevr`` on the dense matrix (all digits). Otherwise
     ARPACK (:func:`scipy.sparse.linalg.eigsh`) in shift-invert mode around
     ``sigma = -1e-6 max(diag)``, just below the spectrum of a positive semi-definite
-    ``M``, so a singular ``M`` (a pure-Neumann operator) factorises too; the start vector
+    ``A``, so a singular ``A`` (a pure-Neumann operator) factorises too; the start vector
     is fixed, so the result is deterministic.
 
     Parameters
     ----------
-    M : scipy.sparse matrix or numpy.ndarray, shape (n, n)
+    A : scipy.sparse matrix or numpy.ndarray, shape (n, n)
         Symmetric, positive semi-definite in the intended use.
     r : int
         ``1 <= r < n`` (``r <= n`` on the dense route).
@@ -175,26 +175,26 @@ def lowest_eigenvectors(M, r: int) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np, scipy.sparse as sp
-    >>> M = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(30, 30), format="csr")
-    >>> V = lowest_eigenvectors(M, 2)
+    >>> A = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(30, 30), format="csr")
+    >>> V = lowest_eigenvectors(A, 2)
     >>> x = np.arange(1, 31) / 31
     >>> bool(np.allclose(V[:, 0], np.sin(np.pi * x) / np.linalg.norm(np.sin(np.pi * x))))
     True
     """
-    n = M.shape[0]
+    n = A.shape[0]
     r = check_int("r", r, 1)
     if n <= DENSE_LIMIT:
         if r > n:
             raise ValueError(f"expected r <= n = {n} eigenvectors, got r = {r}")
-        dense = M.toarray() if sp.issparse(M) else np.asarray(M, dtype=np.float64)
+        dense = A.toarray() if sp.issparse(A) else np.asarray(A, dtype=np.float64)
         _, V = sla.eigh(0.5 * (dense + dense.T), subset_by_index=[0, r - 1])
         return np.ascontiguousarray(_fix_signs(V))
     if r >= n - 1:
         raise ValueError(f"expected r < n - 1 = {n - 1} eigenvectors for n = {n}, got r = {r}")
-    M = sp.csr_matrix(M, dtype=np.float64)
-    sigma = -1e-6 * float(np.abs(M.diagonal()).max() or 1.0)
+    A = sp.csr_matrix(A, dtype=np.float64)
+    sigma = -1e-6 * float(np.abs(A.diagonal()).max() or 1.0)
     try:
-        lam, V = spla.eigsh(M, k=r, sigma=sigma, which="LM", v0=start_vector(n),
+        lam, V = spla.eigsh(A, k=r, sigma=sigma, which="LM", v0=start_vector(n),
                             ncv=min(n, max(2 * r + 1, r + 20)), tol=1e-10)
     except spla.ArpackNoConvergence as err:
         raise ValueError(f"ARPACK did not converge to the {r} lowest eigenvectors "

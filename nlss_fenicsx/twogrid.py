@@ -1,13 +1,13 @@
 """The two-grid preconditioner on a coarse basis ``P``, and the one check that ``Ac`` is SPD.
 
-One application of :class:`TwoGrid` to a residual ``r`` (paper Algorithm 1, inner cycle,
-started from ``x = 0``)::
+One application of :class:`TwoGrid` to a residual ``v`` (paper Algorithm 1, inner cycle,
+started from ``x = 0``; ``r`` is the coarse rank, the number of columns of ``P``)::
 
-    nu_pre  smoothing sweeps       x <- smooth(r, x)
-    coarse correction              x <- x + P Ac^-1 P^T (r - A x),   Ac = P^T A P
-    nu_post smoothing sweeps       x <- smooth(r, x)
+    nu_pre  smoothing sweeps       x <- smooth(v, x)
+    coarse correction              x <- x + P Ac^-1 P^T (v - A x),   Ac = P^T A P
+    nu_post smoothing sweeps       x <- smooth(v, x)
 
-so ``x = B r`` with ``I - B A = E = G_post (I - P Ac^-1 P^T A) G_pre``, where ``G`` is the
+so ``x = B v`` with ``I - B A = E = G_post (I - P Ac^-1 P^T A) G_pre``, where ``G`` is the
 smoother's iteration matrix (``G = (I - omega D^-1 A)^nu`` for the paper's damped Jacobi;
 see :mod:`nlss_fenicsx.relaxation` for ``chebyshev`` and ``sor``). Every smoother there
 is ``A``-self-adjoint and ``A``-norm convergent on any SPD ``A`` (its weight is checked
@@ -250,12 +250,12 @@ class TwoGrid:
         """Whether the operator is symmetric (``nu_pre == nu_post``)."""
         return self.nu_pre == self.nu_post
 
-    def apply(self, r) -> np.ndarray:
-        """Apply the preconditioner: ``z = B r`` (one two-grid cycle from ``x = 0``).
+    def apply(self, v) -> np.ndarray:
+        """Apply the preconditioner: ``z = B v`` (one two-grid cycle from ``x = 0``).
 
         Parameters
         ----------
-        r : array_like, shape (n,) or (n, m)
+        v : array_like, shape (n,) or (n, m)
             A residual, or a block of ``m`` residuals (one per column).
 
         Returns
@@ -265,7 +265,7 @@ class TwoGrid:
         Raises
         ------
         ValueError
-            On a wrong shape or a complex ``r``.
+            On a wrong shape or a complex ``v``.
 
         Examples
         --------
@@ -275,20 +275,20 @@ class TwoGrid:
         >>> bool(np.allclose(A @ tg.apply(np.ones(10)), 1.0))
         True
         """
-        return self._apply(r, self.nu_pre, self.nu_post)
+        return self._apply(v, self.nu_pre, self.nu_post)
 
-    def _apply(self, r, nu_pre: int, nu_post: int) -> np.ndarray:
-        reject_complex("r", r)
-        r = np.asarray(r, dtype=np.float64)
-        if r.ndim not in (1, 2) or r.shape[0] != self.n:
+    def _apply(self, v, nu_pre: int, nu_post: int) -> np.ndarray:
+        reject_complex("v", v)
+        v = np.asarray(v, dtype=np.float64)
+        if v.ndim not in (1, 2) or v.shape[0] != self.n:
             raise ValueError(
-                f"expected r of shape ({self.n},) or ({self.n}, m), got shape {r.shape}"
+                f"expected v of shape ({self.n},) or ({self.n}, m), got shape {v.shape}"
             )
         A, P = self.A, self.P
-        x = self.smoother.smooth(r, nu=nu_pre)
-        coarse = sla.cho_solve(self._cho, P.T @ (r - A @ x), check_finite=False)
+        x = self.smoother.smooth(v, nu=nu_pre)
+        coarse = sla.cho_solve(self._cho, P.T @ (v - A @ x), check_finite=False)
         x += P @ coarse
-        return self.smoother.smooth(r, x, nu=nu_post)
+        return self.smoother.smooth(v, x, nu=nu_post)
 
     def aspreconditioner(self) -> spla.LinearOperator:
         """Return the preconditioner as a SciPy ``LinearOperator`` (float64, ``(n, n)``).
@@ -309,8 +309,8 @@ class TwoGrid:
             self.shape,
             matvec=self.apply,
             matmat=self.apply,
-            rmatvec=lambda r: self._apply(r, self.nu_post, self.nu_pre),
-            rmatmat=lambda r: self._apply(r, self.nu_post, self.nu_pre),
+            rmatvec=lambda v: self._apply(v, self.nu_post, self.nu_pre),
+            rmatmat=lambda v: self._apply(v, self.nu_post, self.nu_pre),
             dtype=np.float64,
         )
 

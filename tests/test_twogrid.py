@@ -272,7 +272,7 @@ def test_twogrid_refuses_what_it_cannot_use():
     with pytest.raises(ValueError, match="finite entries"):
         TwoGrid(A.multiply(np.inf).tocsr(), P)
     tg = TwoGrid(A, P)
-    with pytest.raises(ValueError, match="expected a real r"):
+    with pytest.raises(ValueError, match="expected a real v"):
         tg.apply(np.ones(16) * 1j)
 
 
@@ -284,7 +284,7 @@ def test_twogrid_rejects_nonsymmetric_and_bad_diagonal():
     with pytest.raises(ValueError, match="positive, finite diagonal"):
         TwoGrid(-laplacian(4), np.eye(16)[:, :2])
     tg = TwoGrid(laplacian(4), np.eye(16)[:, :2])
-    with pytest.raises(ValueError, match=r"expected r of shape \(16,\) or \(16, m\)"):
+    with pytest.raises(ValueError, match=r"expected v of shape \(16,\) or \(16, m\)"):
         tg.apply(np.ones(15))
 
 
