@@ -213,7 +213,9 @@ def pattern_laplacian(A) -> sp.csr_matrix:
 
     ``L = deg - adj`` on the graph whose edges are the stored off-diagonal entries of ``A``
     (made symmetric); every identity row of ``A`` (only a diagonal value: a Dirichlet dof)
-    becomes an identity row and column of ``L``, as in ``A``. The reference operator of
+    becomes an identity row and column of ``L``, as in ``A``, while the degrees keep
+    counting the edges to those dofs (a graph Dirichlet Laplacian: positive definite on
+    the other dofs whenever each connected part touches a Dirichlet dof). The reference operator of
     eig-ref when no other is given: it depends on the mesh only, not on the coefficients.
 
     Parameters
@@ -227,11 +229,14 @@ def pattern_laplacian(A) -> sp.csr_matrix:
     Examples
     --------
     >>> import scipy.sparse as sp
-    >>> A = sp.csr_matrix([[1.0, 0, 0], [0, 2.0, -1.0], [0, -1.0, 2.0]])
+    >>> rows, cols = [0, 1, 1, 2, 2, 2, 3, 3], [0, 1, 2, 1, 2, 3, 2, 3]
+    >>> vals = [1.0, 2.0, -1.0, -1.0, 2.0, 0.0, 0.0, 1.0]  # stored zeros: 2 touches dof 3
+    >>> A = sp.csr_matrix((vals, (rows, cols)), shape=(4, 4))
     >>> pattern_laplacian(A).toarray()
-    array([[ 1.,  0.,  0.],
-           [ 0.,  1., -1.],
-           [ 0., -1.,  1.]])
+    array([[ 1.,  0.,  0.,  0.],
+           [ 0.,  1., -1.,  0.],
+           [ 0., -1.,  2.,  0.],
+           [ 0.,  0.,  0.,  1.]])
     """
     A = sp.csr_matrix(A)
     adj = sp.csr_matrix((np.ones(A.nnz), A.indices, A.indptr), shape=A.shape)
@@ -239,9 +244,11 @@ def pattern_laplacian(A) -> sp.csr_matrix:
     adj.setdiag(0.0)
     adj.eliminate_zeros()
     keep = (~identity_rows(A)).astype(np.float64)
-    adj = sp.diags(keep) @ adj @ sp.diags(keep)  # cut the Dirichlet dofs out of the graph
+    # Degrees count the edges to Dirichlet dofs too (as the stiffness of a node next to the
+    # boundary does): the free block is then the graph's Dirichlet Laplacian, nonsingular.
     deg = np.asarray(adj.sum(axis=1)).ravel()
     deg[keep == 0.0] = 1.0
+    adj = sp.diags(keep) @ adj @ sp.diags(keep)  # cut the Dirichlet dofs out of the graph
     return (sp.diags(deg) - adj).tocsr()
 
 

@@ -326,10 +326,12 @@ def test_pattern_laplacian_against_a_dense_loop():
     ref = np.zeros((n, n))
     coo = A.tocoo()
     for i, j in zip(coo.row, coo.col, strict=True):
-        if i != j and i not in dirichlet and j not in dirichlet:
-            ref[i, j] = ref[j, i] = -1.0
-    ref[np.diag_indices(n)] = -ref.sum(axis=1)
+        if i != j:
+            ref[i, i] += 1.0  # every edge counts in the degree, Dirichlet ones too
+            if i not in dirichlet and j not in dirichlet:
+                ref[i, j] = -1.0
     for d in dirichlet:
+        ref[d, :] = ref[:, d] = 0.0
         ref[d, d] = 1.0
     np.testing.assert_array_equal(L, ref)
     assert len(dirichlet) == 4 * 6
