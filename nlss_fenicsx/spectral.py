@@ -204,7 +204,22 @@ def lowest_eigenvectors(A, r: int) -> np.ndarray:
 
 
 def identity_rows(A) -> np.ndarray:
-    """Boolean mask of the rows of ``A`` whose only nonzero value is on the diagonal."""
+    """Mark the rows of ``A`` whose only nonzero value is on the diagonal (Dirichlet rows).
+
+    Parameters
+    ----------
+    A : scipy.sparse matrix or numpy.ndarray, shape (n, n)
+
+    Returns
+    -------
+    numpy.ndarray, shape (n,), bool
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> identity_rows(np.array([[1.0, 0.0], [-1.0, 2.0]])).tolist()
+    [True, False]
+    """
     return _local_identity_rows(sp.csr_matrix(A), 0)
 
 
