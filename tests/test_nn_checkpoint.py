@@ -126,7 +126,8 @@ def test_fits_names_every_mismatch_and_refuses_another_family(tmp_path):
     path = model.save(tmp_path / "m.pt")
     loaded = NLSSModel.load(path)
     loaded.check_compatible(n=81, K=8, pde="diffusion")
-    with pytest.raises(CheckpointError, match=r"m\.pt was trained for n=81; the problem has n=4225"):
+    with pytest.raises(CheckpointError, match=r"m\.pt was trained for n=81; the problem has "
+                                              r"n=4225"):
         loaded.check_compatible(n=4225, K=8)
     with pytest.raises(CheckpointError, match=r"K=8, pde='diffusion'.*K=72, pde='anisotropic'"):
         loaded.check_compatible(K=72, pde="anisotropic")

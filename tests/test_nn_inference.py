@@ -52,10 +52,10 @@ def test_int8_is_the_default_close_to_float32_with_the_same_pcg_iterations(paths
         problem, S = sampler.test_instance(50 + i)
         S = S.astype(np.float64)
         for r in (4, 8, 16):
-            P32, P8 = p32.basis(S, r), p8.basis(S, r)
+            P_f32, P8 = p32.basis(S, r), p8.basis(S, r)
             np.testing.assert_allclose(P8.T @ P8, np.eye(r), atol=1e-5)
-            worst = max(worst, float(np.degrees(sla.subspace_angles(P32, P8).max())))
-            its = [pcg(problem.A, problem.b, TwoGrid(problem.A, P))[1] for P in (P32, P8)]
+            worst = max(worst, float(np.degrees(sla.subspace_angles(P_f32, P8).max())))
+            its = [pcg(problem.A, problem.b, TwoGrid(problem.A, P))[1] for P in (P_f32, P8)]
             assert all(info.converged for info in its)
             counts.append((its[0].iterations, its[1].iterations))
     print(f"int8 vs float32: largest principal angle {worst:.2f} degrees; PCG iterations "
@@ -82,11 +82,11 @@ def test_dtype_and_node_order(paths):
     order = np.random.default_rng(2).permutation(S.shape[0])
     S_dof = np.empty_like(S)
     S_dof[order] = S
-    P64 = predictor.basis(S_dof, 8, node_order=order)
-    P32 = predictor.basis(S_dof, 8, node_order=order, dtype=np.float32)
-    assert P32.dtype == np.float32 and P64.dtype == np.float64
-    np.testing.assert_array_equal(P32.astype(np.float64), P64)
-    np.testing.assert_allclose(P64[order], predictor.basis(S, 8), atol=1e-6)
+    P_f64 = predictor.basis(S_dof, 8, node_order=order)
+    P_f32 = predictor.basis(S_dof, 8, node_order=order, dtype=np.float32)
+    assert P_f32.dtype == np.float32 and P_f64.dtype == np.float64
+    np.testing.assert_array_equal(P_f32.astype(np.float64), P_f64)
+    np.testing.assert_allclose(P_f64[order], predictor.basis(S, 8), atol=1e-6)
 
 
 @pytest.mark.parametrize("bad", ["duplicate", "range", "float", "short"])
@@ -123,7 +123,7 @@ def test_bad_input_is_a_value_error_that_depends_on_the_input_only(paths):
                 predictor.basis(*args)
 
 
-def test_gnn_needs_A_runs_float32_and_its_basis_converges(paths):
+def test_gnn_needs_the_operator_runs_float32_and_its_basis_converges(paths):
     predictor = load_model(paths[1])  # int8 asked for (the default), float32 given
     assert predictor.needs_A and predictor.precision == "float32"
     assert isinstance(predictor.model, GNNModel) and predictor.settings.loss == "twogrid"

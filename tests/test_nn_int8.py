@@ -154,9 +154,9 @@ def test_int8_basis_maps_node_order_and_matches_the_features(model, held):
     np.testing.assert_allclose(P[order], q.basis(S, 8), atol=1e-6)
     assert P.dtype == np.float64 and P.shape == (n, 8)
     np.testing.assert_allclose(P.T @ P, np.eye(8), atol=2e-6)
-    P32 = q.basis(S_dof.astype(np.float64), 8, order, dtype=np.float32)
-    assert P32.dtype == np.float32
-    np.testing.assert_array_equal(P32.astype(np.float64), P)  # no second rounding
+    P_f32 = q.basis(S_dof.astype(np.float64), 8, order, dtype=np.float32)
+    assert P_f32.dtype == np.float32
+    np.testing.assert_array_equal(P_f32.astype(np.float64), P)  # no second rounding
 
 
 def test_affine_head_is_exact_on_its_subspace(model, held):
@@ -216,11 +216,11 @@ def test_calibration_rejects_a_harmful_lean_copy_and_accepts_a_harmless_one(mode
     assert q.first_layer_rank == 6 and q.head_directions is None
     problem, S = held[4]
     with torch.no_grad():
-        P32 = net.eval()(torch.from_numpy(S), r=8).double().numpy()
+        P_f32 = net.eval()(torch.from_numpy(S), r=8).double().numpy()
     P = q.basis(S, 8)
     np.testing.assert_allclose(P.T @ P, np.eye(8), atol=1e-5)
-    assert _angle(P32, P) < 5.0
-    its = [pcg(problem.A, problem.b, TwoGrid(problem.A, B))[1] for B in (P32, P)]
+    assert _angle(P_f32, P) < 5.0
+    its = [pcg(problem.A, problem.b, TwoGrid(problem.A, B))[1] for B in (P_f32, P)]
     assert all(info.converged for info in its)
     assert abs(its[0].iterations - its[1].iterations) <= 1
 

@@ -87,28 +87,28 @@ def _tiny():
     # S = [[1, 2], [2, 0], [2, 1]]: ||S||_F^2 = 1+4+4+0+4+1 = 14.
     # Row energies: ||e1^T S||^2 = 1+4 = 5, ||e2^T S||^2 = 4+0 = 4.
     S = torch.tensor([[1.0, 2.0], [2.0, 0.0], [2.0, 1.0]], dtype=F64)
-    P12 = torch.eye(3, dtype=F64)[:, [0, 1]]
-    P21 = torch.eye(3, dtype=F64)[:, [1, 0]]
-    return S, P12, P21
+    P_12 = torch.eye(3, dtype=F64)[:, [0, 1]]
+    P_21 = torch.eye(3, dtype=F64)[:, [1, 0]]
+    return S, P_12, P_21
 
 
 def test_losses_hand_computed():
-    S, P12, P21 = _tiny()
+    S, P_12, P_21 = _tiny()
     # captured energy: (5 + 4) / 14 for either column order.
-    assert float(captured_energy(P12, S)) == pytest.approx(9 / 14, abs=1e-15)
-    assert float(captured_energy(P21, S)) == pytest.approx(9 / 14, abs=1e-15)
+    assert float(captured_energy(P_12, S)) == pytest.approx(9 / 14, abs=1e-15)
+    assert float(captured_energy(P_21, S)) == pytest.approx(9 / 14, abs=1e-15)
     # subspace loss: 1 - 9/14 = 5/14, order-blind.
-    assert float(subspace_loss(P12, S)) == pytest.approx(5 / 14, abs=1e-15)
-    assert float(subspace_loss(P21, S)) == pytest.approx(5 / 14, abs=1e-15)
+    assert float(subspace_loss(P_12, S)) == pytest.approx(5 / 14, abs=1e-15)
+    assert float(subspace_loss(P_21, S)) == pytest.approx(5 / 14, abs=1e-15)
     # NLSS, order (e1, e2): ((1 - 5/14) + (1 - 9/14)) / 2 = (9/14 + 5/14) / 2 = 1/2.
-    assert float(nlss_loss(P12, S)) == pytest.approx(1 / 2, abs=1e-15)
+    assert float(nlss_loss(P_12, S)) == pytest.approx(1 / 2, abs=1e-15)
     # NLSS, order (e2, e1): ((1 - 4/14) + (1 - 9/14)) / 2 = (10/14 + 5/14) / 2 = 15/28.
-    assert float(nlss_loss(P21, S)) == pytest.approx(15 / 28, abs=1e-15)
+    assert float(nlss_loss(P_21, S)) == pytest.approx(15 / 28, abs=1e-15)
 
 
 def test_losses_batched_are_means_and_captured_energy_per_sample():
-    S, P12, P21 = _tiny()
-    P = torch.stack([P12, P21])
+    S, P_12, P_21 = _tiny()
+    P = torch.stack([P_12, P_21])
     Sb = torch.stack([S, 3.0 * S])  # the losses are invariant to the scale of S
     assert float(nlss_loss(P, Sb)) == pytest.approx((1 / 2 + 15 / 28) / 2, abs=1e-15)
     assert float(subspace_loss(P, Sb)) == pytest.approx(5 / 14, abs=1e-15)
@@ -133,10 +133,10 @@ def test_captured_energy_range_and_full_rank():
 
 
 def test_captured_energy_accepts_numpy():
-    S, P12, _ = _tiny()
-    value = captured_energy(P12.numpy(), S.numpy())
+    S, P_12, _ = _tiny()
+    value = captured_energy(P_12.numpy(), S.numpy())
     assert isinstance(value, float) and value == pytest.approx(9 / 14, abs=1e-15)
-    batch = captured_energy(np.stack([P12.numpy()] * 3), np.stack([S.numpy()] * 3))
+    batch = captured_energy(np.stack([P_12.numpy()] * 3), np.stack([S.numpy()] * 3))
     assert isinstance(batch, np.ndarray) and batch.shape == (3,)
 
 

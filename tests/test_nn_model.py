@@ -42,7 +42,7 @@ def test_config_validation():
     assert MLPConfig(n=81, K=8, r_max=8, hidden=[4, 5]).hidden == (4, 5)
 
 
-def test_model_output_orthonormal_with_positive_R_diagonal():
+def test_model_output_orthonormal_with_positive_diagonal_of_r():
     net = _net()
     S = _S()
     with torch.no_grad():

@@ -362,7 +362,8 @@ def train(cfg: TrainConfig, out: str | Path, *, sampler=None, device: str = "cpu
         cls = GNNModel if cfg.arch == "gnn" else NLSSModel
         model = cls(cfg.net_config(stream.n), loss=cfg.loss, **stream.settings())
         model.train_state = {"config": cfg.as_dict(), "history": [], "seconds": 0.0}
-    start = last_saved = int(model.step or 0)
+    start = int(model.step or 0)
+    last_saved = start if model.path is not None else None  # resumed from that step
     net = model.net.to(device).train()
     # Adam's update, not the matrix products, bounds a paper-size MLP step: the fused
     # kernel runs inside backward, parameter by parameter, freeing each gradient at once.
@@ -433,10 +434,10 @@ def train(cfg: TrainConfig, out: str | Path, *, sampler=None, device: str = "cpu
             f"{k} {v:.4f}" for k, v in ev.items() if not k.startswith("energy"))
 
     def diverged(step: int, what: str):
-        kept = (f"kept the checkpoint of step {last_saved} at {out}" if out.exists()
-                else f"nothing was written to {out}")
-        raise DivergedError(f"training diverged: {what} at step {step} (lr={cfg.lr:g}); "
-                            f"{kept}", step=step, checkpoint=out if out.exists() else None)
+        kept = (f"kept the checkpoint of step {last_saved} at {out}" if last_saved is not None
+                else f"left {out} as it was" if out.exists() else f"nothing was written to {out}")
+        raise DivergedError(f"training diverged: {what} at step {step} (lr={cfg.lr:g}); {kept}",
+                            step=step, checkpoint=out if last_saved is not None else None)
 
     def save(step: int, seconds: float, *, final: bool = False) -> None:
         nonlocal last_saved
