@@ -195,4 +195,5 @@ def python_errors():
         cause = err.__cause__
         if cause is None:
             raise
-    raise cause  # outside the except block: no "during handling" chain
+    cause.__suppress_context__ = True  # no "during handling of PETSc.Error" in tracebacks
+    raise cause

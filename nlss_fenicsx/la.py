@@ -36,6 +36,7 @@ from nlss_fenicsx.relaxation import lambda_max_estimate, start_vector
 from nlss_fenicsx.smoothing import RENORM_EVERY, gaussian_start
 
 __all__ = [
+    "MESH_ID_KEY",
     "NODE_ORDER_KEY",
     "attach_grid_order",
     "attach_node_order",
@@ -55,6 +56,7 @@ __all__ = [
 ]
 
 NODE_ORDER_KEY = "nlss_node_order"
+MESH_ID_KEY = "nlss_mesh_id"  # meshes.mesh_id of the mesh, when attached from a space
 
 
 def _comm_of(A):
@@ -187,14 +189,16 @@ def attach_node_order(A, V_or_order) -> np.ndarray:
     ValueError
         On every rank, if the order is not a permutation of ``range(n)`` on some rank.
     """
+    mesh = None
     if hasattr(V_or_order, "dofmap"):
-        from nlss_fenicsx.meshes import node_order
+        from nlss_fenicsx.meshes import mesh_id, node_order
 
-        order = node_order(V_or_order)
+        order, mesh = node_order(V_or_order), mesh_id(V_or_order.mesh)
     else:
         order = V_or_order
     order = _checked_order(_comm_of(A), order, A.getSize()[0], "node order")
     A.setAttr(NODE_ORDER_KEY, order)
+    A.setAttr(MESH_ID_KEY, mesh)
     return order
 
 

@@ -253,7 +253,7 @@ class TwoGridPC:
                 opts = options.parse_options(own)
         n = A.getSize()[0]
         if opts.coarse == "nlss" and self._given_P is None:
-            opts = self._with_model(comm, opts, n)
+            opts = self._with_model(A, comm, opts, n)
         clipped = {}
         if opts.uses("K") and opts.K > n:
             clipped["K"] = n
@@ -274,7 +274,7 @@ class TwoGridPC:
         self.options = opts
         return opts
 
-    def _with_model(self, comm, opts: TwoGridOptions, n: int) -> TwoGridOptions:
+    def _with_model(self, A, comm, opts: TwoGridOptions, n: int) -> TwoGridOptions:
         """Load the checkpoint on the root rank; merge its settings everywhere (issue 18)."""
         with la.collective(comm):
             if opts.model is None:
@@ -296,6 +296,10 @@ class TwoGridPC:
             if model_n is not None and int(model_n) != n:
                 raise ValueError(f"{opts.model} was trained for n={model_n} unknowns; the "
                                  f"problem has n={n}")
+            trained_on, here = getattr(settings, "mesh_id", None), A.getAttr(la.MESH_ID_KEY)
+            if trained_on and here and trained_on != here:
+                raise ValueError(f"{opts.model} was trained on another mesh (mesh id "
+                                 f"{trained_on}; this one is {here})")
             return options.merge_checkpoint(opts, settings, where=opts.model)
 
     def _weights(self, A, comm, opts, order, needs_S):
