@@ -210,12 +210,8 @@ class TwoGridPC:
     def _set_up(self, pc, A, comm):
         n = A.getSize()[0]
         lo, hi = A.getOwnershipRange()
-        opts = self._resolve_options(pc, A, comm)
         order = la.node_order_of(A)
-        if order is None and opts.coarse in ("sine", "fixed", "nlss") and self._given_P is None:
-            raise ValueError(f"nlss_coarse {opts.coarse} needs the node order of the dofs: "
-                             "call nlss_fenicsx.petsc.attach_node_order(problem.A, V) before "
-                             "solve() (any mesh; pdes.assemble attaches it itself)")
+        opts = self._resolve_options(pc, A, comm, order)
         self._release()
         self.timings = {}
         t0 = time.perf_counter()
@@ -241,7 +237,7 @@ class TwoGridPC:
         self.timings.update(estimate=t1 - t0, smoothing=t2 - t1, inference=t3 - t2,
                             setup=time.perf_counter() - t3)
 
-    def _resolve_options(self, pc, A, comm) -> TwoGridOptions:
+    def _resolve_options(self, pc, A, comm, order) -> TwoGridOptions:
         """Options after parse errors, the checkpoint merge, clipping to n and reports."""
         with la.collective(comm):
             if self._options_error is not None:
@@ -251,6 +247,10 @@ class TwoGridPC:
             own, self._mg_user = _database(pc.getOptionsPrefix() or "")
             with la.collective(comm):
                 opts = options.parse_options(own)
+        if order is None and opts.coarse in ("sine", "fixed", "nlss") and self._given_P is None:
+            raise ValueError(f"nlss_coarse {opts.coarse} needs the node order of the dofs: "
+                             "call nlss_fenicsx.petsc.attach_node_order(problem.A, V) before "
+                             "solve() (any mesh; pdes.assemble attaches it itself)")
         n = A.getSize()[0]
         if opts.coarse == "nlss" and self._given_P is None:
             opts = self._with_model(A, comm, opts, n)

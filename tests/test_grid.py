@@ -28,13 +28,19 @@ def test_numpy_assembly_equals_dolfinx_in_grid_order(family, preset):
 
 
 @pytest.mark.parametrize("family", grid.FAMILIES)
-def test_training_data_identical_for_both_backends(family):
+def test_training_data_equals_the_dolfinx_route(family):
+    """nn.data.instance (NumPy, grid order) = the same instance built with dolfinx: mesh,
+    coefficient draws, assembly and smoothing from the seeds instance_seeds gives."""
+    from nlss_fenicsx.nn.data import instance_seeds
+    from nlss_fenicsx.smoothing import gaussian_start, smoothed_vectors
+
     cfg = DataConfig(pde=family, N=9, K=6)
-    _, S_np = instance(cfg, 1234, backend="numpy")
-    _, S_dx = instance(cfg, 1234, backend="dolfinx")
-    np.testing.assert_allclose(S_np, S_dx, rtol=0, atol=1e-6)  # float32 output
-
-
-def test_bad_backend():
-    with pytest.raises(ValueError, match="Unrecognized backend"):
-        instance(DataConfig(N=4, K=2), 0, backend="fenics")
+    _, S_np = instance(cfg, 1234)
+    mesh_seed, coef_seed, s_seed = instance_seeds(1234)
+    system = pdes.assemble(pdes.sample(family, meshes.jittered_square(9, seed=mesh_seed),
+                                       rng=coef_seed, preset=cfg.preset))
+    order = system.node_order  # = grid order on the jittered square
+    S0 = np.empty((cfg.n, cfg.K))
+    S0[order] = gaussian_start(s_seed, cfg.n, cfg.K)
+    S_dx = smoothed_vectors(system.A_csr, cfg.K, sweeps=cfg.sweeps, omega=cfg.omega, S0=S0)
+    np.testing.assert_allclose(S_np, S_dx[order], rtol=0, atol=1e-6)  # float32 output

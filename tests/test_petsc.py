@@ -312,14 +312,52 @@ def test_indefinite_symmetric_matrix_is_not_spd(small_system):
         _pc_for(M, npc.TwoGridPC(P=V[:, :3], options=TwoGridOptions(r=3, K=3)))
 
 
+def _with_value(A_csr, value, row=40):
+    """A PETSc copy with one off-diagonal entry of ``row`` replaced (diagonal kept)."""
+    B = sp.csr_matrix(A_csr, copy=True)
+    k = next(k for k in range(B.indptr[row], B.indptr[row + 1])
+             if B.indices[k] != row and B.data[k] != 0)
+    B.data[k] = value
+    M = PETSc.Mat().createAIJ(size=B.shape, csr=(B.indptr, B.indices, B.data),
+                              comm=PETSc.COMM_SELF)
+    M.assemble()
+    return M
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_nonfinite_matrix_is_a_clear_error(small_system, value):
+    A = _with_value(small_system.A_csr, value)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        _pc_for(A, npc.TwoGridPC(options=TwoGridOptions(r=4, K=8)))
+    # SOR needs no estimate and a given P no S: the coarse operator is the first to see it.
+    with pytest.raises(NotSPDError, match="NaN or Inf"):
+        _pc_for(A, npc.TwoGridPC(P=np.ones((small_system.n, 1)),
+                                 options=TwoGridOptions(r=1, smoother="sor")))
+
+
+def test_nonsymmetric_matrix_is_not_spd(small_system):
+    A_csr = sp.lil_matrix(small_system.A_csr, copy=True)
+    A_csr[40, 41] = A_csr[40, 41] - 1.0  # breaks symmetry, keeps the diagonal
+    A = _with_value(A_csr.tocsr(), A_csr[40, 41], row=40)
+    P = svd_basis(smoothed_vectors(small_system.A_csr, 8, rng=0), 4)
+    with pytest.raises(NotSPDError, match=r"\(4 x 4\) is not symmetric positive definite.*"
+                                          r"not symmetric"):
+        _pc_for(A, npc.TwoGridPC(P=P, options=TwoGridOptions(r=4, K=8)))
+
+
+@pytest.mark.filterwarnings("ignore::nlss_fenicsx.petsc.OptionNotUsedWarning")
 def test_nlss_without_model_or_node_order_is_a_clear_error(small_system):
     with pytest.raises(ValueError, match="nlss_coarse nlss needs nlss_model PATH"):
         _pc_for(small_system.A, npc.TwoGridPC(options=TwoGridOptions(coarse="nlss", r=4, K=8)))
-    prob, lp = _problem("noorder_", {"nlss_coarse": "sine", "nlss_rank": 4}, N=6)
-    with pytest.raises(ValueError, match=r"needs the node order of the dofs: call "
-                                         r"nlss_fenicsx.petsc.attach_node_order\(problem.A, V\)"):
-        with npc.python_errors():
-            lp.solve()
+    for coarse in ("sine", "fixed", "nlss"):
+        _, lp = _problem(f"noorder{coarse}_", {"nlss_coarse": coarse, "nlss_rank": 4,
+                                               "nlss_model": "m.pt", "nlss_basis": "b.npz"},
+                         N=6)
+        with pytest.raises(ValueError, match=rf"^nlss_coarse {coarse} needs the node order of "
+                                             r"the dofs: call nlss_fenicsx.petsc."
+                                             r"attach_node_order\(problem.A, V\)"):
+            with npc.python_errors():
+                lp.solve()
 
 
 def test_keyboard_interrupt_during_setup_propagates(small_system, monkeypatch):
@@ -389,6 +427,8 @@ def test_model_settings_fill_what_the_user_did_not_give(tiny_model, capsys):
     npc.check_converged(lp)
     ctx = lp.solver.getPC().getPythonContext()
     assert (ctx.options.K, ctx.options.r, ctx.options.sweeps, ctx.coarse_size) == (8, 6, 7, 6)
+    # Defaults: the int8 backend for the network, float32 smoothing of S (serial).
+    assert ctx.options.precision == "int8" and ctx.S.dtype == np.float32
     assert ("  from the model: nlss_K=8, nlss_omega=0.66, nlss_rank=6, nlss_sweeps=7"
             in ctx.describe())
     ref = _lu(prob)

@@ -104,6 +104,8 @@ def test_a_fault_on_one_rank_is_the_same_error_on_every_rank(nprocs, nan_model):
         "nan_in_A": "ValueError: the product with A returned NaN or Inf",
         "missing_model": "CheckpointError: checkpoint not found: /nonexistent/model.pt",
         "nan_model": "CheckpointError: checkpoint ",
+        "sa_parallel": "ValueError: coarse kind sa (PyAMG smoothed aggregation) is serial-only",
+        "jitter": "ValueError: jitter must satisfy 0 <= jitter < 0.5 (fraction of h), got 0.7",
     }
     assert set(out) == set(expected)
     for case, start in expected.items():

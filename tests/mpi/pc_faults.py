@@ -75,6 +75,14 @@ cases["nan_in_A"] = solve(A, npc.TwoGridPC(options=TwoGridOptions(r=4, K=8)))
 # A model that does not exist (only rank 0 reads it).
 cases["missing_model"] = solve(system.A, npc.TwoGridPC(options=TwoGridOptions(
     coarse="nlss", model="/nonexistent/model.pt")))
+# Smoothed aggregation (PyAMG) is serial-only.
+cases["sa_parallel"] = solve(system.A, npc.TwoGridPC(options=TwoGridOptions(coarse="sa")))
+# Only rank 0 draws the jittered points: the check of the jitter still runs on every rank.
+try:
+    meshes.jittered_square(8, jitter=0.7, comm=comm)
+    cases["jitter"] = None
+except ValueError as err:
+    cases["jitter"] = f"ValueError: {err}"
 if len(sys.argv) > 1:  # a checkpoint whose weights are NaN (only rank 0 reads it)
     cases["nan_model"] = solve(system.A, npc.TwoGridPC(options=TwoGridOptions(
         coarse="nlss", model=sys.argv[1])))
