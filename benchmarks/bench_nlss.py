@@ -24,6 +24,7 @@ Writes ``--out``/perf.json and perf.md atomically. Usage::
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics as st
 import sys
@@ -52,7 +53,13 @@ import torch  # noqa: E402
 from nlss_fenicsx.bench.harness import BUDGETS, TEST_SEED, instances, obtain_models  # noqa: E402
 from nlss_fenicsx.bench.machine import machine_info, machine_line  # noqa: E402
 from nlss_fenicsx.bench.methods import MethodSpec  # noqa: E402
-from nlss_fenicsx.bench.report import run_one, summarize, write_atomic, write_json  # noqa: E402
+from nlss_fenicsx.bench.report import (  # noqa: E402
+    frozen_heap,
+    run_one,
+    summarize,
+    write_atomic,
+    write_json,
+)
 
 FAMILIES = ("diffusion", "anisotropic", "screened_poisson")
 
@@ -76,6 +83,7 @@ def solver_rows(systems, path: str, budget, r: int) -> dict:
                                                     precision="float32")),
                       ("SVD", MethodSpec("svd", rank=r, K=budget.K)),
                       ("ICC(0)-CG", MethodSpec("icc"))):
+        gc.collect()  # between methods (run_one pauses the collector inside a solve)
         run_one(systems[0], replace(spec, seed=TEST_SEED))  # warm-up
         rows[key] = summarize([run_one(s, replace(spec, seed=TEST_SEED + i))
                                for i, s in enumerate(systems)])
@@ -180,7 +188,8 @@ def main() -> None:
     for pde in args.pde:
         path = obtain_models(pde, budget, which=("nlss",), progress=False)["nlss"]["path"]
         systems, _ = instances(pde, budget.N, args.instances)
-        rows = solver_rows(systems, path, budget, r)
+        with frozen_heap():
+            rows = solver_rows(systems, path, budget, r)
         nl, sv = rows["NLSS (int8)"], rows["SVD"]
         ratios = {"total NLSS/SVD": nl["total_ms"] / sv["total_ms"],
                   "inference NLSS/SVD": nl["inference_ms"] / sv["inference_ms"],

@@ -2,19 +2,24 @@
 
 Phases (DESIGN.md section 4), seconds from :func:`time.perf_counter`:
 
-``smoothing``  building S (two-grid methods with S only)
-``inference``  building the coarse basis P from S (or from A for SA-AMG)
-``setup``      everything else before the iteration: Ac and its Cholesky factor for the
-               two-grid methods, the preconditioner set-up for the peers, the
+``smoothing``  building S (the coarse spaces built from S: svd, the learned ones)
+``inference``  building the coarse basis P (from S, from A, or read from a cache)
+``setup``      everything else before the iteration: for the two-grid methods the
+               smoother's weight check (an estimate of lambda_max(D^-1 A)), Ac and its
+               Cholesky factor; the preconditioner set-up for the peers; the
                factorisation for the direct solver
 ``solve``      the Krylov iteration to ||b - A x|| / ||b|| < rtol (or the triangular solves)
-``total``      the sum
+``total``      the sum of the four
+``once``       (eig-ref only) work done once per mesh and cached, not in ``total``
 
-Two-grid methods run through :class:`nlss_fenicsx.petsc.TwoGridPC` (``path="petsc"``) or
-the SciPy reference :class:`nlss_fenicsx.twogrid.TwoGrid` + :func:`~nlss_fenicsx.twogrid.pcg`
-(``path="scipy"``). The peers are the solvers a user would otherwise pick: Jacobi-CG,
-ICC(0)-CG, PETSc GAMG-CG (PETSc), PyAMG smoothed aggregation V-cycle as the CG
-preconditioner, and a sparse direct Cholesky (PETSc).
+Two-grid methods run through :class:`nlss_fenicsx.petsc.TwoGridPC` (``path="petsc"``),
+which builds P with :func:`nlss_fenicsx.coarse.coarse_basis`, or through the SciPy
+reference (``path="scipy"``): the same dispatcher, then
+:class:`nlss_fenicsx.twogrid.TwoGrid` and :func:`~nlss_fenicsx.twogrid.pcg`. The learned
+methods (NLSS, Subspace, GNN) are one coarse kind, ``nlss``, told apart by their model.
+The peers are the solvers a user would otherwise pick: Jacobi-CG, ICC(0)-CG, PETSc
+GAMG-CG, PyAMG smoothed aggregation V-cycle as the CG preconditioner, and a sparse direct
+Cholesky (PETSc).
 """
 
 from __future__ import annotations
@@ -26,49 +31,117 @@ import numpy as np
 
 from nlss_fenicsx._fenicsx import PETSc
 
-__all__ = [
-    "PEERS",
-    "TWOGRID_COARSE",
-    "MethodSpec",
-    "Record",
-    "run_method",
-]
+__all__ = ["LEARNED", "PEERS", "TWOGRID", "MethodSpec", "Record", "method_class",
+           "run_method"]
 
-TWOGRID_COARSE = ("svd", "sa", "nlss", "subspace", "gnn")
+LEARNED = ("nlss", "subspace", "gnn")
+TWOGRID = (*LEARNED, "svd", "sa", "sine", "eig-ref", "eig", "fixed")
 PEERS = ("jacobi", "icc", "pyamg", "gamg", "cholesky")
+_PEER_LABELS = {"jacobi": "Jacobi-CG", "icc": "ICC(0)-CG", "pyamg": "PyAMG-SA-CG",
+                "gamg": "GAMG-CG", "cholesky": "Cholesky"}
+_TWOGRID_LABELS = {"nlss": "NLSS", "subspace": "Subspace", "gnn": "GNN", "svd": "SVD",
+                   "sa": "SA-AMG", "sine": "sine", "eig-ref": "eig-ref",
+                   "eig": "eig (oracle)", "fixed": "fixed basis"}
+_PAPER_SWEEPS = 10
+
+
+def method_class(name: str) -> str:
+    """``"learned"``, ``"twogrid"`` (non-learned), ``"oracle"`` or ``"peer"``.
+
+    ``eig`` (the instance's own lowest eigenvectors) is an oracle: it needs an eigensolve
+    of the very matrix being solved, so it is a bound, not a practical method.
+
+    Examples
+    --------
+    >>> [method_class(m) for m in ("nlss", "sine", "eig", "gamg")]
+    ['learned', 'twogrid', 'oracle', 'peer']
+    """
+    if name in LEARNED:
+        return "learned"
+    if name == "eig":
+        return "oracle"
+    if name in TWOGRID:
+        return "twogrid"
+    if name in PEERS:
+        return "peer"
+    raise ValueError(f"Unrecognized method {name!r}; expected one of {TWOGRID + PEERS}")
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """What to run. ``name`` is a two-grid coarse space or a peer name."""
+    """What to run: a two-grid coarse space (``TWOGRID``) or a peer solver (``PEERS``).
+
+    Attributes
+    ----------
+    name : str
+        Method name; the learned ones need ``model`` (a checkpoint path).
+    rank : int
+        Coarse rank r (not used by ``sa`` and the peers).
+    K, sweeps, omega : int, int, float or "auto"
+        Smoothed vectors: K columns, ``sweeps`` Jacobi sweeps of weight ``omega`` (the
+        paper's 72, 10, 0.66). ``omega`` is also the two-grid smoother's weight
+        (``"auto"``: 0.66 where it is safe, see :mod:`nlss_fenicsx.relaxation`).
+    nu : int
+        Pre- and post-smoothing sweeps of the two-grid cycle.
+    smoother : str
+        The two-grid cycle's smoother (``jacobi`` as in the paper).
+    rtol, maxiter : float, int
+        Stop at ``||b - A x|| / ||b|| < rtol``; fail after ``maxiter`` iterations.
+    path : str
+        ``"petsc"`` (TwoGridPC) or ``"scipy"`` (TwoGrid + pcg), two-grid methods only.
+    model : str or None
+        Checkpoint of a learned method.
+    seed : int
+        Seed of the smoothed vectors' random start (and of PyAMG's set-up).
+    precision : str
+        Inference weights of an MLP model, ``"int8"`` or ``"float32"``.
+    basis : str or None
+        Basis file of the ``fixed`` coarse space.
+    """
 
     name: str
     rank: int = 48
     K: int = 72
-    sweeps: int = 10
+    sweeps: int = _PAPER_SWEEPS
     nu: int = 5
-    omega: float = 0.66
+    omega: float | str = 0.66
+    smoother: str = "jacobi"
     rtol: float = 1e-6
     path: str = "petsc"
     model: str | None = None
     seed: int = 0
     maxiter: int = 10000
     precision: str = "int8"
+    basis: str | None = None
 
     def __post_init__(self):
-        if self.name not in TWOGRID_COARSE + PEERS:
-            raise ValueError(f"Unrecognized method {self.name!r}; expected one of "
-                             f"{TWOGRID_COARSE + PEERS}")
+        method_class(self.name)  # validates the name
         if self.path not in ("petsc", "scipy"):
             raise ValueError(f"Unrecognized path {self.path!r}; expected 'petsc' or 'scipy'")
+        if self.name in LEARNED and not self.model:
+            raise ValueError(f"method {self.name!r} needs model=PATH (a trained checkpoint)")
+        if self.name == "fixed" and not self.basis:
+            raise ValueError("method 'fixed' needs basis=PATH (a basis file written by "
+                             "`nlss-fenicsx basis`)")
+
+    @property
+    def coarse(self) -> str:
+        """The coarse kind handed to the dispatcher (``nlss`` for every learned method)."""
+        return "nlss" if self.name in LEARNED else self.name
+
+    @property
+    def ranked(self) -> bool:
+        """Whether ``rank`` applies (two-grid with a coarse rank)."""
+        return self.name in TWOGRID and self.name != "sa"
 
     @property
     def label(self) -> str:
+        """Display name, e.g. ``SVD``, ``SVD (300 sweeps)``, ``NLSS (SciPy)``."""
         if self.name in PEERS:
-            return {"jacobi": "Jacobi-CG", "icc": "ICC(0)-CG", "pyamg": "PyAMG-SA-CG",
-                    "gamg": "GAMG-CG", "cholesky": "Cholesky"}[self.name]
-        label = {"svd": "SVD", "sa": "SA-AMG", "nlss": "NLSS", "subspace": "Subspace",
-                 "gnn": "GNN"}[self.name]
+            return _PEER_LABELS[self.name]
+        label = _TWOGRID_LABELS[self.name]
+        if self.sweeps != _PAPER_SWEEPS and self.name == "svd":
+            label += f" ({self.sweeps} sweeps)"
         return label + (" (SciPy)" if self.path == "scipy" else "")
 
 
@@ -94,6 +167,7 @@ class Record:
     history: list[float] | None = None
 
     def as_dict(self) -> dict:
+        """JSON-ready fields (without the solution ``x``)."""
         d = asdict(self)
         d.pop("x")
         if d["history"] is None:  # only present when asked for
@@ -101,20 +175,17 @@ class Record:
         return d
 
 
-def _phases(smoothing=0.0, inference=0.0, setup=0.0, solve=0.0) -> dict:
+def _phases(smoothing=0.0, inference=0.0, setup=0.0, solve=0.0, once=None) -> dict:
     p = {"smoothing": smoothing, "inference": inference, "setup": setup, "solve": solve}
     p["total"] = sum(p.values())
+    if once is not None:
+        p["once"] = once
     return p
 
 
-def _rel_res(A_csr, x, b) -> float:
-    nb = np.linalg.norm(b)
-    return float(np.linalg.norm(b - A_csr @ x) / (nb if nb > 0 else 1.0))
-
-
-def _ksp(A, ksp_type: str, rtol: float, maxiter: int, prefix: str):
+def _ksp(A, ksp_type: str, rtol: float, maxiter: int):
     ksp = PETSc.KSP().create(comm=A.getComm())
-    ksp.setOptionsPrefix(prefix)
+    ksp.setOptionsPrefix("nlss_bench_")
     ksp.setOperators(A)
     ksp.setType(ksp_type)
     ksp.setTolerances(rtol=rtol, atol=0.0, max_it=maxiter)
@@ -123,8 +194,13 @@ def _ksp(A, ksp_type: str, rtol: float, maxiter: int, prefix: str):
     return ksp
 
 
-def _run_ksp(system, ksp, history: bool = False
-             ) -> tuple[np.ndarray, float, float, int, list[float] | None]:
+def _run_ksp(system, ksp, history: bool = False):
+    """``(x, rel_residual, setup s, solve s, iterations, history)`` of one KSP solve.
+
+    ``x`` holds this rank's entries; the true relative residual ``||b - A x|| / ||b||``
+    is computed by PETSc over all ranks. Destroys ``ksp`` and its vectors; a PETSc error
+    caused by an error inside a Python PC is replaced by that error.
+    """
     from nlss_fenicsx.petsc import check_converged
 
     if history:
@@ -132,123 +208,150 @@ def _run_ksp(system, ksp, history: bool = False
     b = system.A.createVecRight()
     b.setArray(system.b)
     x = system.A.createVecLeft()
+    res = system.A.createVecLeft()
     try:
         t0 = time.perf_counter()
         ksp.setUp()
         t1 = time.perf_counter()
         ksp.solve(b, x)
         t2 = time.perf_counter()
+        its = check_converged(ksp)
+        nb = b.norm()
+        nb = nb if nb > 0 else 1.0
+        system.A.mult(x, res)
+        res.aypx(-1.0, b)  # res = b - A x
+        hist = [float(h) / nb for h in ksp.getConvergenceHistory()] if history else None
+        return x.getArray().copy(), float(res.norm() / nb), t1 - t0, t2 - t1, its, hist
     except PETSc.Error as err:
-        # An error raised inside the Python PC reaches us wrapped: surface the real one.
         if isinstance(err.__cause__, ValueError | RuntimeError):
             raise err.__cause__ from None
         raise
-    its = check_converged(ksp)
-    out = x.getArray().copy()
-    hist = None
-    if history:
-        nb = np.linalg.norm(system.b)
-        hist = [float(h) for h in np.asarray(ksp.getConvergenceHistory()) / (nb if nb > 0 else 1.0)]
-    for v in (b, x):
-        v.destroy()
-    return out, t1 - t0, t2 - t1, its, hist
+    finally:
+        for obj in (b, x, res, ksp):
+            obj.destroy()
 
 
-def _twogrid_petsc(system, spec: MethodSpec, history: bool = False, **given) -> Record:
-    from nlss_fenicsx.petsc import PCOptions, TwoGridPC
+def _pc_options(spec: MethodSpec):
+    """Build the TwoGridPC options of a two-grid ``spec``.
 
-    opts = PCOptions(coarse=spec.name, model=spec.model, rank=spec.rank, K=spec.K,
-                     sweeps=spec.sweeps, nu=spec.nu, omega=spec.omega, seed=spec.seed,
-                     precision=spec.precision)
-    ksp = _ksp(system.A, "cg", spec.rtol, spec.maxiter, "nlss_bench_")
+    Every setting the coarse kind uses is given explicitly, so none is taken from a
+    checkpoint and none is reported unused.
+    """
+    from nlss_fenicsx.options import OPTION_NAMES, TwoGridOptions, parse_options
+
+    values = {"coarse": spec.coarse, "model": spec.model, "r": spec.rank, "K": spec.K,
+              "sweeps": spec.sweeps, "nu": spec.nu, "omega": spec.omega,
+              "smoother": spec.smoother, "seed": spec.seed, "basis": spec.basis,
+              "precision": None if spec.name == "gnn" else spec.precision}
+    kind = TwoGridOptions(coarse=spec.coarse)
+    return parse_options({OPTION_NAMES[k]: str(v) for k, v in values.items()
+                          if v is not None and kind.uses(k)})
+
+
+def _twogrid_petsc(system, spec: MethodSpec, history: bool, given: dict) -> Record:
+    from nlss_fenicsx.petsc import TwoGridPC
+
+    ksp = _ksp(system.A, "cg", spec.rtol, spec.maxiter)
     pc = ksp.getPC()
     pc.setType(PETSc.PC.Type.PYTHON)
-    ctx = TwoGridPC(options=opts, **given)
+    ctx = TwoGridPC(options=_pc_options(spec), **given)
     pc.setPythonContext(ctx)
-    try:
-        x, _setup_total, t_solve, its, hist = _run_ksp(system, ksp, history)
-    finally:
-        ksp.destroy()
+    x, rel_res, _, t_solve, its, hist = _run_ksp(system, ksp, history)
     t = ctx.timings
-    return Record(method=spec.label, rank=spec.rank if spec.name != "sa" else None,
-                  iterations=its, converged=True, rel_residual=_rel_res(system.A_csr, x, system.b),
-                  phases=_phases(t["smoothing"], t["inference"], t["setup"], t_solve),
+    return Record(method=spec.label, rank=spec.rank if spec.ranked else None,
+                  iterations=its, converged=True, rel_residual=rel_res,
+                  phases=_phases(t["smoothing"], t["inference"] - t.get("once", 0.0),
+                                 t["setup"] + t.get("estimate", 0.0), t_solve, t.get("once")),
                   coarse_size=ctx.coarse_size, x=x, history=hist)
 
 
-def _twogrid_scipy(system, spec: MethodSpec, history: bool = False) -> Record:
-    from nlss_fenicsx.coarse import sa_amg_basis, svd_basis
+_NEEDS_S = ("svd", "nlss")  # the kinds built from the smoothed vectors S
+
+
+def _twogrid_scipy(system, spec: MethodSpec, history: bool) -> Record:
+    from nlss_fenicsx.coarse import coarse_basis
     from nlss_fenicsx.smoothing import smoothed_vectors
     from nlss_fenicsx.twogrid import TwoGrid, pcg
 
     A = system.A_csr
-    t0 = time.perf_counter()
-    S = None
-    if spec.name != "sa":
-        S = smoothed_vectors(A, spec.K, sweeps=spec.sweeps, omega=spec.omega, rng=spec.seed)
-    t1 = time.perf_counter()
-    if spec.name == "svd":
-        P = svd_basis(S, spec.rank)
-    elif spec.name == "sa":
-        P = sa_amg_basis(A, seed=spec.seed)
-    else:
-        from nlss_fenicsx.nn.gnn import GNNModel
+    model = None
+    if spec.coarse == "nlss":  # loaded (and cached) before the clock starts
         from nlss_fenicsx.nn.inference import load_model
 
-        model = load_model(spec.model)
-        model.check_compatible(n=A.shape[0], K=spec.K)
-        # The GNN reads the graph of A; the MLP has an int8 inference copy.
-        extra = {"A": A} if isinstance(model, GNNModel) else {"precision": spec.precision}
-        P = model.basis(S, spec.rank, grid_order=system.grid_order, **extra)
+        model = load_model(spec.model, precision=spec.precision)
+    S, t_smooth = None, 0.0
+    if spec.coarse in _NEEDS_S:
+        t0 = time.perf_counter()
+        S = smoothed_vectors(A, spec.K, sweeps=spec.sweeps, omega=spec.omega, rng=spec.seed)
+        t_smooth = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    timings: dict = {}
+    P = coarse_basis(spec.coarse, A, r=spec.rank, S=S, model=model,
+                     node_order=system.grid_order, seed=spec.seed, timings=timings)
     t2 = time.perf_counter()
-    tg = TwoGrid(A, P, nu_pre=spec.nu, nu_post=spec.nu, omega=spec.omega)
+    tg = TwoGrid(A, P, smoother=spec.smoother, nu=spec.nu, omega=spec.omega)
     t3 = time.perf_counter()
     x, info = pcg(A, system.b, tg, rtol=spec.rtol, maxiter=spec.maxiter)
     t4 = time.perf_counter()
     info.raise_if_failed()
-    # setup: Ac and its Cholesky factor (TwoGrid's own timing, without input checks).
-    return Record(method=spec.label, rank=spec.rank if spec.name != "sa" else None,
+    once = timings.get("once")
+    return Record(method=spec.label, rank=spec.rank if spec.ranked else None,
                   iterations=info.iterations, converged=info.converged,
                   rel_residual=_rel_res(A, x, system.b),
-                  phases=_phases(t1 - t0, t2 - t1, tg.timings["setup"], t4 - t3),
+                  phases=_phases(t_smooth, t2 - t1 - (once or 0.0), t3 - t2, t4 - t3, once),
                   coarse_size=P.shape[1], x=x,
                   history=list(info.residuals) if history else None)
 
 
-def _peer(system, spec: MethodSpec, history: bool = False) -> Record:
-    A = system.A
-    if spec.name == "pyamg":
-        import pyamg
+def _rel_res(A_csr, x, b) -> float:
+    nb = np.linalg.norm(b)
+    return float(np.linalg.norm(b - A_csr @ x) / (nb if nb > 0 else 1.0))
 
-        from nlss_fenicsx.twogrid import pcg
 
-        state = np.random.get_state()  # noqa: NPY002 - PyAMG uses the global RNG
-        np.random.seed(spec.seed)  # noqa: NPY002
+def _pyamg(system, spec: MethodSpec, history: bool) -> Record:
+    import pyamg
+
+    from nlss_fenicsx.twogrid import pcg
+
+    state = np.random.get_state()  # noqa: NPY002 - PyAMG uses the global RNG
+    np.random.seed(spec.seed)  # noqa: NPY002
+    try:
         t0 = time.perf_counter()
         ml = pyamg.smoothed_aggregation_solver(system.A_csr, B=np.ones((system.n, 1)))
         M = ml.aspreconditioner(cycle="V")
         t1 = time.perf_counter()
-        np.random.set_state(state)  # noqa: NPY002
-        x, info = pcg(system.A_csr, system.b, M, rtol=spec.rtol, maxiter=spec.maxiter)
-        t2 = time.perf_counter()
-        info.raise_if_failed()
-        return Record(method=spec.label, rank=None, iterations=info.iterations,
-                      converged=True, rel_residual=_rel_res(system.A_csr, x, system.b),
-                      phases=_phases(setup=t1 - t0, solve=t2 - t1),
-                      coarse_size=ml.levels[1].A.shape[0] if len(ml.levels) > 1 else None,
-                      x=x, history=list(info.residuals) if history else None)
-    if spec.name == "cholesky":
-        ksp = _ksp(A, "preonly", spec.rtol, 1, "nlss_bench_")
-        ksp.getPC().setType(PETSc.PC.Type.CHOLESKY)
-    else:
-        ksp = _ksp(A, "cg", spec.rtol, spec.maxiter, "nlss_bench_")
-        ksp.getPC().setType({"jacobi": PETSc.PC.Type.JACOBI, "icc": PETSc.PC.Type.ICC,
-                             "gamg": PETSc.PC.Type.GAMG}[spec.name])
-    try:
-        x, t_setup, t_solve, its, hist = _run_ksp(system, ksp, history)
     finally:
-        ksp.destroy()
-    rel_res = _rel_res(system.A_csr, x, system.b)
+        np.random.set_state(state)  # noqa: NPY002
+    x, info = pcg(system.A_csr, system.b, M, rtol=spec.rtol, maxiter=spec.maxiter)
+    t2 = time.perf_counter()
+    info.raise_if_failed()
+    return Record(method=spec.label, rank=None, iterations=info.iterations,
+                  converged=True, rel_residual=_rel_res(system.A_csr, x, system.b),
+                  phases=_phases(setup=t1 - t0, solve=t2 - t1),
+                  coarse_size=ml.levels[1].A.shape[0] if len(ml.levels) > 1 else None,
+                  x=x, history=list(info.residuals) if history else None)
+
+
+def _peer(system, spec: MethodSpec, history: bool, parallel: bool) -> Record:
+    if spec.name == "pyamg":
+        return _pyamg(system, spec, history)
+    if spec.name == "cholesky":
+        ksp = _ksp(system.A, "preonly", spec.rtol, 1)
+        ksp.getPC().setType(PETSc.PC.Type.CHOLESKY)
+        if parallel:  # PETSc's own Cholesky is sequential
+            ksp.getPC().setFactorSolverType("mumps")
+    else:
+        ksp = _ksp(system.A, "cg", spec.rtol, spec.maxiter)
+        pc = ksp.getPC()
+        if spec.name == "icc" and parallel:  # ICC(0) on each rank's diagonal block
+            pc.setType(PETSc.PC.Type.BJACOBI)
+            ksp.setUp()
+            for sub in pc.getBJacobiSubKSP():
+                sub.getPC().setType(PETSc.PC.Type.ICC)
+        else:
+            pc.setType({"jacobi": PETSc.PC.Type.JACOBI, "icc": PETSc.PC.Type.ICC,
+                        "gamg": PETSc.PC.Type.GAMG}[spec.name])
+    x, rel_res, t_setup, t_solve, its, hist = _run_ksp(system, ksp, history)
     if history and spec.name == "cholesky":
         hist = [1.0, rel_res]  # preonly keeps no history: start and result of the one solve
     return Record(method=spec.label, rank=None, iterations=its, converged=True,
@@ -256,22 +359,67 @@ def _peer(system, spec: MethodSpec, history: bool = False) -> Record:
                   history=hist)
 
 
-def run_method(system, spec: MethodSpec, *, history: bool = False, **given) -> Record:
-    """Solve ``system`` with ``spec`` and time each phase (serial).
+def _check_input(system, spec: MethodSpec, comm) -> None:
+    """Check finite A and b on every rank, and a method that runs on ``comm.size`` ranks.
 
-    ``history=True`` records the relative residual of every iteration in
-    ``Record.history``. ``given`` passes ``P=`` or ``S=`` through to
-    :class:`~nlss_fenicsx.petsc.TwoGridPC`. Raises
-    :class:`~nlss_fenicsx.twogrid.ConvergenceError` if the solve does not converge, and
-    ValueError on NaN or Inf in ``b`` or ``A`` (checked before anything is timed).
+    Raises the same ValueError on every rank (no rank waits for another that failed).
     """
-    if not np.all(np.isfinite(system.b)):
-        raise ValueError(f"expected a finite right-hand side b, got "
-                         f"{int(np.count_nonzero(~np.isfinite(system.b)))} NaN or Inf entries")
-    if not np.all(np.isfinite(system.A_csr.data)):
+    local = np.array([np.count_nonzero(~np.isfinite(system.b)),
+                      np.count_nonzero(~np.isfinite(system.A_csr.data))])
+    bad_b, bad_A = (comm.allreduce(local) if comm.size > 1 else local).tolist()
+    if bad_b:
+        raise ValueError(f"expected a finite right-hand side b, got {bad_b} NaN or Inf "
+                         "entries")
+    if bad_A:
         raise ValueError("expected a finite matrix A, got NaN or Inf entries")
+    if comm.size > 1 and (spec.name == "pyamg" or (spec.name in TWOGRID
+                                                   and spec.path == "scipy")):
+        what = "PyAMG-SA-CG" if spec.name == "pyamg" else "the SciPy path (path='scipy')"
+        raise ValueError(f"{what} runs on one MPI rank, got {comm.size}: use the PETSc path "
+                         "or run without mpiexec")
+
+
+def run_method(system, spec: MethodSpec, *, history: bool = False, **given) -> Record:
+    """Solve ``system`` with ``spec`` and time each phase.
+
+    Runs on the communicator of ``system.A``: the PETSc path and the PETSc peers
+    (Jacobi, ICC(0) as block Jacobi with ICC(0) per rank, GAMG, Cholesky through MUMPS)
+    also under ``mpiexec``; the SciPy path and PyAMG on one rank only.
+
+    Parameters
+    ----------
+    system : nlss_fenicsx.pdes.System
+        The assembled instance (n unknowns; ``A_csr`` and ``b`` hold this rank's rows).
+    spec : MethodSpec
+        The method and its settings.
+    history : bool
+        Record the relative residual of every iteration in ``Record.history``.
+    **given
+        ``P=`` (this rank's rows, n_local x r) or ``S=`` (n_local x K) passed through to
+        :class:`~nlss_fenicsx.petsc.TwoGridPC` (PETSc path only).
+
+    Returns
+    -------
+    Record
+        Iterations, final true relative residual (over all ranks), phases in seconds,
+        this rank's entries of the solution.
+
+    Raises
+    ------
+    ValueError
+        NaN or Inf in ``b`` or ``A`` (checked on every rank before anything is timed), a
+        bad setting, or a serial-only method on several ranks: the same on every rank.
+    nlss_fenicsx.twogrid.ConvergenceError
+        The solve did not reach ``rtol`` within ``maxiter`` iterations.
+    nlss_fenicsx.twogrid.NotSPDError
+        The coarse operator ``Ac = P^T A P`` is not symmetric positive definite.
+    """
+    comm = system.A.getComm().tompi4py()
+    _check_input(system, spec, comm)
     if spec.name in PEERS:
-        return _peer(system, spec, history)
+        return _peer(system, spec, history, comm.size > 1)
     if spec.path == "scipy":
+        if given:
+            raise ValueError(f"P= and S= apply to the PETSc path only, got {sorted(given)}")
         return _twogrid_scipy(system, spec, history)
-    return _twogrid_petsc(system, spec, history, **given)
+    return _twogrid_petsc(system, spec, history, given)

@@ -1,0 +1,113 @@
+"""bench.scalability: paper Table 4 / Fig. 6 up to N = 256 (issue 16.4), at smoke size."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from nlss_fenicsx.bench.results import validate_results
+from nlss_fenicsx.bench.scalability import (
+    SCAL_METHODS,
+    fit_exponents,
+    render_scalability,
+    run_scalability,
+)
+
+
+def _size(N, methods):
+    out = {"N": N, "n": (N + 1) ** 2, "K": N, "r": N // 2,
+           "generation": {"ms": 1.0, "mean_ms": 1.0, "std_ms": 0.0, "q1_ms": 1.0,
+                          "q3_ms": 1.0}, "methods": {}}
+    for name, (t, its) in methods.items():
+        if t is None:
+            out["methods"][name] = {"method": name.upper(), "not_run": "too big to train"}
+            continue
+        s = {"n_ok": 2, "n_failed": 0, "iterations": float(its), "coarse_size": None}
+        for ph in ("smoothing", "inference", "setup", "solve", "total", "generation",
+                   "end_to_end"):
+            s.update({f"{ph}_ms": t, f"{ph}_mean_ms": t, f"{ph}_std_ms": 0.1 * t,
+                      f"{ph}_q1_ms": t, f"{ph}_q3_ms": t})
+        out["methods"][name] = {"method": name.upper(), "name": name, "records": [],
+                                "summary": s}
+    return out
+
+
+def _synthetic():
+    sizes = []
+    for N in (8, 16, 32, 64):
+        n = (N + 1) ** 2
+        sizes.append(_size(N, {"svd": (2e-3 * n**1.5, 3 * N), "gamg": (1e-2 * n, 20),
+                               "nlss": (1e-3 * n**1.2, 2 * N) if N <= 16 else (None, None)}))
+    return {"pde": "diffusion", "sizes": sizes, "budget": {"scal_instances": 2},
+            "machine": {"cpu": "cpu", "cores": 1, "memory_gib": 1.0, "python": "3.12"}}
+
+
+def test_fitted_exponents_recover_known_growth():
+    ex = fit_exponents(_synthetic())
+    assert ex["svd"]["end_to_end"] == pytest.approx(1.5)
+    assert ex["svd"]["iterations"] == pytest.approx(1.0)
+    assert ex["gamg"]["end_to_end"] == pytest.approx(1.0)
+    assert ex["gamg"]["iterations"] == pytest.approx(0.0, abs=1e-12)
+    # NLSS only where it ran (not trained at N = 32, 64).
+    assert ex["nlss"]["sizes"] == [8, 16]
+    assert ex["nlss"]["end_to_end"] == pytest.approx(1.2)
+
+
+def test_render_says_why_nlss_did_not_run():
+    res = _synthetic()
+    res["exponents"] = fit_exponents(res)
+    text = render_scalability(res)
+    assert "| NLSS | not trained: too big to train |" in text
+    assert "## Summary: median end-to-end ms (iterations)" in text
+    summary = next(line for line in text.splitlines() if line.startswith("| 64 | 4,225 |"))
+    assert "not trained" in summary
+    assert "| SVD | 1.50 | 1.50 | 1.00 | 8, 16, 32, 64 |" in text
+    # Paper columns: mean and standard deviation of the end-to-end time, median beside.
+    assert "End-to-End (Avg) | End-to-End (StDev) | End-to-End (Median)" in text
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def test_smoke_scalability_then_resume(tmp_path, monkeypatch):
+    """N=6 with a trained model, N=10 without one (smoke trains NLSS at N = 6, 8 only)."""
+    monkeypatch.setenv("NLSS_FENICSX_CACHE", str(tmp_path / "cache"))
+    quiet = {"progress": False, "log": lambda *_: None}
+    res = run_scalability("diffusion", "smoke", tmp_path, sizes=(6, 10), **quiet)
+    assert [s["N"] for s in res["sizes"]] == [6, 10]
+    on_disk = json.loads((tmp_path / "scalability.json").read_text())
+    assert validate_results(on_disk, "scalability") == []
+    for s in res["sizes"]:
+        assert s["K"] == s["N"] and s["r"] == s["N"] // 2
+        for name in SCAL_METHODS:
+            m = s["methods"][name]
+            if name == "nlss" and s["N"] == 10:
+                assert "parameters" in m["not_run"]
+                assert "budget 'smoke' trains NLSS for N in [6, 8] only" in m["not_run"]
+                continue
+            summ = m["summary"]
+            assert summ["n_failed"] == 0, (s["N"], name, summ.get("errors"))
+            assert summ["end_to_end_ms"] > summ["total_ms"] > 0  # generation included
+            for rec in m["records"]:
+                ph = rec["phases"]
+                assert ph["end_to_end"] == pytest.approx(ph["total"] + ph["generation"])
+                assert rec["rel_residual"] < 1e-6
+    assert "nlss" not in res["exponents"]  # one size only
+    assert set(res["exponents"]) >= {"svd", "sine", "eig-ref", "gamg", "icc", "cholesky"}
+    assert (tmp_path / "scalability.png").stat().st_size > 1000
+    assert "not trained:" in (tmp_path / "scalability.md").read_text()
+
+    first = {s["N"]: s for s in on_disk["sizes"]}
+    again = run_scalability("diffusion", "smoke", tmp_path, sizes=(6, 8, 10), resume=True,
+                            **quiet)
+    assert [s["N"] for s in again["sizes"]] == [6, 8, 10]
+    for s in again["sizes"]:
+        if s["N"] in first:  # kept, not rerun
+            assert s["methods"]["svd"]["records"] == first[s["N"]]["methods"]["svd"]["records"]
+    assert np.isfinite(again["exponents"]["nlss"]["end_to_end"])  # N = 6 and 8 now
