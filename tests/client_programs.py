@@ -83,13 +83,15 @@ def twogrid(coarse: str, **nlss: Any) -> dict:
 def krylov(options: dict, rtol: float) -> dict:
     """``options`` with the stopping test on the true (unpreconditioned) residual.
 
+    Keys given in ``options`` win (e.g. a test's ``ksp_max_it``).
+
     Every iterative method then stops at the same ``||b - A x|| / ||b|| < rtol``, so the
     iteration counts compare, and a solution checked against LU is meaningful.
     """
     if options.get("ksp_type") == "preonly":
         return dict(options)
-    return {**options, "ksp_rtol": rtol, "ksp_atol": 0.0, "ksp_max_it": 2000,
-            "ksp_norm_type": "unpreconditioned"}
+    return {"ksp_rtol": rtol, "ksp_atol": 0.0, "ksp_max_it": 2000,
+            "ksp_norm_type": "unpreconditioned", **options}
 
 
 # ------------------------------------------------------------------ the program record
@@ -526,16 +528,15 @@ def make_ksp(A, options: dict, *, rtol: float = 1e-10):
     prefix = _prefix("ksp")
     ksp.setOptionsPrefix(prefix)
     db = PETSc.Options()
-    db.prefixPush(prefix)
     opts = krylov(options, rtol)
     try:
         for key, value in opts.items():
-            db[key] = value
+            db[prefix + key] = value
         ksp.setFromOptions()
     finally:
+        # By full name: petsc4py's delValue ignores a pushed prefix.
         for key in opts:
-            del db[key]
-        db.prefixPop()
+            del db[prefix + key]
     return ksp
 
 
