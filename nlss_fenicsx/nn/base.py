@@ -24,7 +24,44 @@ from nlss_fenicsx.nn.checkpoint import (
     write_checkpoint,
 )
 
-__all__ = ["LearnedModel", "check_node_order"]
+__all__ = ["LearnedModel", "check_node_order", "check_sizes"]
+
+
+def check_sizes(config, names=("n", "K", "r_max")) -> None:
+    """Check a frozen config's sizes: positive integers (stored as ``int``), ``r_max <= K <= n``.
+
+    Parameters
+    ----------
+    config : dataclass instance
+        With fields ``n``, ``K``, ``r_max`` and any others listed in ``names``.
+    names : sequence of str
+        Fields that must be positive integers.
+
+    Raises
+    ------
+    ValueError
+        Naming the config, the field, what is expected and what was given.
+
+    Examples
+    --------
+    >>> from nlss_fenicsx.nn.model import MLPConfig
+    >>> MLPConfig(n=4, K=8, r_max=2)
+    Traceback (most recent call last):
+    ...
+    ValueError: MLPConfig needs K <= n (no more smoothed vectors than unknowns); got K=8, n=4
+    """
+    kind = type(config).__name__
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{kind}.{name} must be a positive integer; got {value!r}")
+        object.__setattr__(config, name, int(value))
+    if config.K > config.n:
+        raise ValueError(f"{kind} needs K <= n (no more smoothed vectors than unknowns); "
+                         f"got K={config.K}, n={config.n}")
+    if config.r_max > config.K:
+        raise ValueError(f"{kind} needs 1 <= r_max <= K (the rank of S is at most K); "
+                         f"got r_max={config.r_max}, K={config.K}")
 
 
 def check_node_order(node_order, n: int) -> np.ndarray | None:

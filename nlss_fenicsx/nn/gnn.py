@@ -28,8 +28,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from nlss_fenicsx.nn.base import LearnedModel
-from nlss_fenicsx.nn.model import input_features, qr_positive
+from nlss_fenicsx.nn.base import LearnedModel, check_sizes
+from nlss_fenicsx.nn.model import check_forward, he_init, input_features, qr_positive
 
 __all__ = ["EDGE_FEATURES", "GNNConfig", "GNNModel", "TwoGridGNN", "graph_from_csr",
            "scatter_sum"]
@@ -141,16 +141,18 @@ class GNNConfig:
 
     Parameters
     ----------
-    n : int
-        Number of unknowns (nodes), ``(N + 1)**2`` on the paper's meshes.
-    K : int
-        Number of smoothed vectors (node input features).
-    r_max : int
-        Number of basis columns decoded per node; ``1 <= r_max <= K``.
+    n, K, r_max : int
+        Graph nodes (unknowns), node input features (smoothed vectors) and basis columns
+        decoded per node; ``1 <= r_max <= K <= n``.
     width : int, default 488
         Width of node and edge states (the authors' code).
     layers : int, default 5
         Number of message-passing layers.
+
+    Raises
+    ------
+    ValueError
+        If a size is not a positive integer or ``r_max <= K <= n`` fails.
 
     Examples
     --------
@@ -165,17 +167,7 @@ class GNNConfig:
     layers: int = 5
 
     def __post_init__(self) -> None:
-        for name in ("n", "K", "r_max", "width", "layers"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"GNNConfig.{name} must be a positive integer; got {value!r}")
-            object.__setattr__(self, name, int(value))
-        if self.K > self.n:
-            raise ValueError(f"GNNConfig needs K <= n (no more smoothed vectors than unknowns); "
-                             f"got K={self.K}, n={self.n}")
-        if self.r_max > self.K:
-            raise ValueError(f"GNNConfig needs 1 <= r_max <= K (the rank trained for is at most "
-                             f"K); got r_max={self.r_max}, K={self.K}")
+        check_sizes(self, ("n", "K", "r_max", "width", "layers"))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-python form, as stored in checkpoints."""
@@ -272,13 +264,8 @@ class TwoGridGNN(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He initialisation of every Linear layer, zero biases, unit LayerNorms."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                module.reset_parameters()
+        """Initialise the weights as the MLP's (:func:`~nlss_fenicsx.nn.model.he_init`)."""
+        he_init(self)
 
     def _union_graph(self, B: int, edge_index: _GraphInput,
                      edge_attr: _GraphInput) -> tuple[torch.Tensor, ...]:
@@ -326,12 +313,7 @@ class TwoGridGNN(nn.Module):
             ``P`` with orthonormal columns, shape ``(batch, n, r)`` (or ``(n, r)``).
         """
         cfg = self.config
-        r = cfg.r_max if r is None else int(r)
-        if not 1 <= r <= cfg.r_max:
-            raise ValueError(f"r must satisfy 1 <= r <= r_max={cfg.r_max}; got r={r}")
-        if S.ndim not in (2, 3) or tuple(S.shape[-2:]) != (cfg.n, cfg.K):
-            raise ValueError(f"model was built for S of shape (batch, {cfg.n}, {cfg.K}) or "
-                             f"({cfg.n}, {cfg.K}); got S of shape {tuple(S.shape)}")
+        r = check_forward(cfg, S, r)
         unbatched = S.ndim == 2
         if unbatched:
             S = S.unsqueeze(0)
@@ -402,12 +384,7 @@ class GNNModel(LearnedModel):
         A : scipy.sparse matrix
             The operator in dof order (``pdes.System.A_csr``). Required: the GNN's graph.
         dtype : numpy dtype
-            Of the result.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``P`` of shape ``(n, r)``.
+            Of ``P``, the ``(n, r)`` result.
 
         Raises
         ------

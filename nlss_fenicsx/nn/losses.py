@@ -100,10 +100,9 @@ def subspace_loss(P: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
 
     Parameters
     ----------
-    P : torch.Tensor
-        Orthonormal basis, shape ``(batch, n, k)`` or ``(n, k)``.
-    S : torch.Tensor
-        Smoothed vectors, shape ``(batch, n, K)`` or ``(n, K)``.
+    P, S : torch.Tensor
+        As in :func:`nlss_loss`: orthonormal basis ``(batch, n, k)`` or ``(n, k)`` and
+        smoothed vectors ``(batch, n, K)`` or ``(n, K)``.
 
     Returns
     -------

@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nlss_fenicsx.nn.base import LearnedModel
+from nlss_fenicsx.nn.base import LearnedModel, check_sizes
 
-__all__ = ["MLPConfig", "NLSSMLP", "NLSSModel", "input_features", "qr_positive"]
+__all__ = ["MLPConfig", "NLSSMLP", "NLSSModel", "check_forward", "he_init", "input_features",
+           "qr_positive"]
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,7 @@ class MLPConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        for name in ("n", "K", "r_max"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-                raise ValueError(f"MLPConfig.{name} must be a positive integer; got {value!r}")
-            object.__setattr__(self, name, int(value))
-        if self.K > self.n:
-            raise ValueError(f"MLPConfig needs K <= n (no more smoothed vectors than unknowns); "
-                             f"got K={self.K}, n={self.n}")
-        if self.r_max > self.K:
-            raise ValueError(f"MLPConfig needs 1 <= r_max <= K (rank of S is at most K); "
-                             f"got r_max={self.r_max}, K={self.K}")
+        check_sizes(self)
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"MLPConfig.hidden widths must be positive; got {self.hidden}")
 
@@ -115,6 +106,28 @@ def input_features(S: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch
     return (S * (math.sqrt(S.shape[-2]) / norms)).reshape(S.shape[0], -1)
 
 
+def check_forward(config, S: torch.Tensor, r: int | None) -> int:
+    """Check a network's input ``S`` (``(batch, n, K)`` or ``(n, K)``) and rank ``r``.
+
+    Returns
+    -------
+    int
+        ``r`` (``config.r_max`` for ``None``).
+
+    Raises
+    ------
+    ValueError
+        If ``S`` has another shape or ``r`` is not in ``1..r_max``.
+    """
+    r = config.r_max if r is None else int(r)
+    if not 1 <= r <= config.r_max:
+        raise ValueError(f"r must satisfy 1 <= r <= r_max={config.r_max}; got r={r}")
+    if S.ndim not in (2, 3) or tuple(S.shape[-2:]) != (config.n, config.K):
+        raise ValueError(f"model was built for S of shape (batch, {config.n}, {config.K}) or "
+                         f"({config.n}, {config.K}); got S of shape {tuple(S.shape)}")
+    return r
+
+
 def qr_positive(raw: torch.Tensor) -> torch.Tensor:
     """``Q`` of the reduced QR of ``raw`` with the signs fixed so that ``diag(R) >= 0``.
 
@@ -142,6 +155,19 @@ def qr_positive(raw: torch.Tensor) -> torch.Tensor:
     signs = torch.sign(torch.diagonal(R, dim1=-2, dim2=-1))
     signs = torch.where(signs == 0, torch.ones_like(signs), signs)
     return Q * signs.unsqueeze(-2)
+
+
+def he_init(net: nn.Module) -> None:
+    """He (Kaiming normal) weights and zero biases in every Linear layer, unit LayerNorms.
+
+    The paper's PyTorch initialisation (He et al. 2015), shared by both architectures.
+    """
+    for module in net.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            module.reset_parameters()
 
 
 class NLSSMLP(nn.Module):
@@ -176,13 +202,8 @@ class NLSSMLP(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """He initialisation of every Linear layer (the paper's default), zero biases."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                module.reset_parameters()
+        """Initialise the weights: :func:`he_init`."""
+        he_init(self)
 
     def forward(self, S: torch.Tensor, r: int | None = None) -> torch.Tensor:
         """Orthonormal basis from smoothed vectors.
@@ -205,12 +226,7 @@ class NLSSMLP(nn.Module):
             If ``S`` is not ``(..., n, K)`` or ``r`` is out of range.
         """
         cfg = self.config
-        r = cfg.r_max if r is None else int(r)
-        if not 1 <= r <= cfg.r_max:
-            raise ValueError(f"r must satisfy 1 <= r <= r_max={cfg.r_max}; got r={r}")
-        if S.ndim not in (2, 3) or tuple(S.shape[-2:]) != (cfg.n, cfg.K):
-            raise ValueError(f"model was built for S of shape (batch, {cfg.n}, {cfg.K}) or "
-                             f"({cfg.n}, {cfg.K}); got S of shape {tuple(S.shape)}")
+        r = check_forward(cfg, S, r)
         x = self.body(input_features(S, self.head.weight.dtype))
         rows = r * cfg.n  # the first r columns are a contiguous block of output rows
         W, b = self.head.weight, self.head.bias

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import resource
 import signal
 import sys
@@ -352,6 +353,11 @@ def train(cfg: TrainConfig, out: str | Path, *, sampler=None, device: str = "cpu
     CheckpointError
         ``out`` exists but cannot be resumed (other settings, corrupt).
     """
+    # Transparent huge pages for PyTorch's CPU buffers of 2 MiB and more: a paper-size step
+    # frees and reallocates its gradients, and in 4 KiB pages the kernel faults and zeroes
+    # each one anew. torch reads the variable at its first large allocation, so this works
+    # when training is the first large work in the process (the CLI); 0 opts out.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     out, device = Path(out), torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but torch sees no CUDA device")
