@@ -4,7 +4,6 @@ Every failure is asserted as the right behaviour: the exit status, one line on s
 names the input, no traceback, nothing left on disk. The MPI runs are in test_cli_mpi.py.
 """
 
-import json
 import os
 import re
 import shutil
@@ -549,36 +548,3 @@ def test_basis_written_once_then_used_by_solve(kind, tmp_path):
     other = cli("solve", "--N", "16", "--coarse", "fixed", "--basis", out, "--rank", "8",
                 tmp_path=tmp_path)
     assert_one_line(other, "solve", str(out))  # a basis for another mesh: refused
-
-
-@pytest.mark.slow
-def test_killed_bench_keeps_results_and_resume_continues(tmp_path):
-    """``bench`` killed (SIGKILL) after its first results.json: the file is whole and
-    incomplete, no temporary is left after the resume, and ``--resume`` finishes without
-    rerunning what it holds."""
-    out = tmp_path / "bench"
-    args = ["bench", "--pde", "diffusion", "--budget", "smoke", "--out", out, "--no-progress"]
-    results = out / "results.json"
-    proc = subprocess.Popen([sys.executable, "-m", "nlss_fenicsx", *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            env=_env(tmp_path), cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + 600
-        while proc.poll() is None and not results.exists():
-            assert time.monotonic() < deadline, "no results.json within 600 s"
-            time.sleep(0.01)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    first = json.loads(results.read_text())  # whole: written atomically
-    assert first["complete"] is False, "the run finished before it could be killed"
-    done = cli(*args, "--resume", tmp_path=tmp_path, timeout=900)
-    assert done.returncode == 0, done.stderr
-    final = json.loads(results.read_text())
-    assert final["complete"] is True and final["started"] == first["started"]
-    for key, entry in first["methods"].items():  # kept, not rerun: identical records
-        assert final["methods"][key]["records"] == entry["records"], key
-    assert not [p for p in out.rglob("*") if ".nlss-tmp" in p.name]
