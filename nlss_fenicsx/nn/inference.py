@@ -17,7 +17,6 @@ weights is refused at load, on whichever rank loads it, before any collective st
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from pathlib import Path
 
@@ -28,8 +27,7 @@ from nlss_fenicsx.nn.gnn import GNNModel
 from nlss_fenicsx.nn.int8 import Int8MLP, from_calibration
 from nlss_fenicsx.nn.model import NLSSModel
 
-__all__ = ["PRECISIONS", "Predictor", "clear_model_cache", "learned_basis", "load_model",
-           "model_from_checkpoint"]
+__all__ = ["PRECISIONS", "Predictor", "clear_model_cache", "load_model", "model_from_checkpoint"]
 
 PRECISIONS = ("int8", "float32")
 _MODELS = {"mlp": NLSSModel, "gnn": GNNModel}
@@ -180,74 +178,3 @@ def load_model(path: str | os.PathLike, *, precision: str = "int8") -> Predictor
 def clear_model_cache() -> None:
     """Forget every loaded model."""
     _CACHE.clear()
-
-
-def learned_basis(A, comm, S_local: np.ndarray, opts, grid_order: np.ndarray,
-                  timings: dict | None = None) -> np.ndarray:
-    """Compute this rank's rows of ``P`` with the model in ``opts.model`` (transitional).
-
-    Kept for ``petsc.TwoGridPC`` until it calls ``coarse.coarse_basis("nlss", ...)`` with a
-    :class:`Predictor`; it gathers ``S`` to rank 0, runs the model there and scatters the
-    rows of ``P`` back. Every check runs on rank 0 and its error is raised on every rank.
-
-    Parameters
-    ----------
-    A : petsc4py.PETSc.Mat
-    comm : mpi4py.MPI.Comm
-    S_local : numpy.ndarray
-        This rank's rows of ``S`` (dof order).
-    opts : options object
-        With ``model``, ``K``, ``pde``, ``rank``, ``precision``.
-    grid_order : numpy.ndarray
-        ``grid_order[i]`` is the global dof of node ``i``.
-    timings : dict, optional
-        Receives ``gather``, ``model`` and ``scatter`` seconds.
-
-    Returns
-    -------
-    numpy.ndarray
-        This rank's rows of ``P``.
-    """
-    from nlss_fenicsx.la import petsc_to_csr
-
-    n = A.getSize()[0]
-    predictor, error, P = None, None, None
-    r = getattr(opts, "rank", None) or getattr(opts, "r", None)
-    if comm.rank == 0:
-        try:
-            predictor = load_model(opts.model, precision=getattr(opts, "precision", "int8"))
-            predictor.model.check_compatible(n=n, K=opts.K, pde=getattr(opts, "pde", None))
-            if r > predictor.settings.r_max:
-                raise CheckpointError(f"nlss_rank {r} exceeds the model's r_max "
-                                      f"{predictor.settings.r_max} ({opts.model})")
-            if predictor.needs_A and comm.size > 1:
-                raise ValueError("gnn coarse space is serial-only; run it without mpiexec")
-        except (CheckpointError, ValueError) as err:
-            error = err
-    if comm.size > 1:
-        error = comm.bcast(error, root=0)
-    if error is not None:
-        raise error
-    t0 = time.perf_counter()
-    blocks = [S_local] if comm.size == 1 else comm.gather(np.ascontiguousarray(S_local), root=0)
-    t1 = time.perf_counter()
-    if comm.rank == 0:
-        S = blocks[0] if comm.size == 1 else np.concatenate(blocks, axis=0)
-        A_csr = petsc_to_csr(A) if predictor.needs_A else None
-        try:
-            P = predictor.basis(S, r, node_order=grid_order, A=A_csr, dtype=np.float32)
-        except ValueError as err:
-            error = err
-    if comm.size > 1:
-        error = comm.bcast(error, root=0)
-    if error is not None:
-        raise error
-    t2 = time.perf_counter()
-    if comm.size > 1:
-        bounds = np.cumsum([0] + [len(b) for b in blocks]) if comm.rank == 0 else None
-        parts = [P[bounds[i]:bounds[i + 1]] for i in range(comm.size)] if comm.rank == 0 \
-            else None
-        P = comm.scatter(parts, root=0)
-    if timings is not None:
-        timings.update(gather=t1 - t0, model=t2 - t1, scatter=time.perf_counter() - t2)
-    return P
