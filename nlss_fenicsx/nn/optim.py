@@ -3,11 +3,11 @@
 At the paper's size (78M parameters, two 39M-entry weight matrices) training memory is
 weights + two Adam moments + gradients. :class:`BackwardAdam` applies the update to each
 parameter as soon as its gradient is complete (a post-accumulate-grad hook) and frees
-that gradient at once, so at most one large gradient exists at a time instead of all of
-them: 150 MB less at N=64. It calls PyTorch's fused Adam kernel directly, the same
+that gradient at once, so at most one large gradient (one 39M-entry matrix) exists at a
+time instead of all of them. It calls PyTorch's fused Adam kernel directly, the same
 kernel ``torch.optim.Adam(fused=True)`` runs, so the arithmetic is the same bit for bit
 (tested); going around ``torch.optim.Optimizer`` also avoids importing TorchDynamo,
-which that class does on construction (another 150 MB of resident memory).
+which that class does on construction (resident memory).
 
 Its ``state_dict`` has ``torch.optim.Adam``'s layout, so checkpoints written by either
 load into either.
