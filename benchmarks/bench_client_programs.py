@@ -307,9 +307,10 @@ def main(argv=None) -> int:
         return 2
     check_destination(args.out, what="--out", kind="dir")
     args.out.mkdir(parents=True, exist_ok=True)
-    import torch
+    if "nlss" in args.methods:
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
     from nlss_fenicsx.bench.machine import machine_info, machine_line
     from nlss_fenicsx.bench.report import write_atomic, write_json
 

@@ -330,3 +330,23 @@ def test_twogrid_leaves_no_options_behind(programs):
 def test_pinned_keys_cover_every_program():
     keys = {name for name, _ in PINNED}
     assert keys == set(cp.PROGRAMS)
+
+
+def test_benchmark_script_writes_its_table(tmp_path):
+    # benchmarks/bench_client_programs.py at CI size on one program: results.json and
+    # tables.md written, LU first as the reference, svd's row agreeing with LU.
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_client_programs", ROOT / "benchmarks" / "bench_client_programs.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--size", "ci", "--programs", "poisson_box", "--methods", "svd", "lu",
+                       "--repeat", "1", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    row = results["programs"]["poisson_box"]
+    assert row["n"] == 13**3 and set(row["methods"]) == {"svd", "lu"}
+    svd = row["methods"]["svd"]
+    assert svd["reason"] > 0 and svd["error"] <= 1e-5 and 5 <= svd["its"] <= 9
+    table = (tmp_path / "tables.md").read_text()
+    assert "| poisson_box | 2197 |" in table and "nlss" not in table.split("\n")[4]
