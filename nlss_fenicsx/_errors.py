@@ -141,14 +141,14 @@ def check_converged(obj) -> int:
 
     Raises
     ------
-    nlss_fenicsx.twogrid.ConvergenceError
+    nlss_fenicsx.krylov.ConvergenceError
         If the solver did not converge (e.g. ``DIVERGED_MAX_IT``,
         ``DIVERGED_INDEFINITE_PC``); for a SNES the reason of its last linear solve too.
     TypeError
         If ``obj`` is none of the above.
     """
     from nlss_fenicsx._fenicsx import PETSc
-    from nlss_fenicsx.twogrid import ConvergenceError
+    from nlss_fenicsx.krylov import ConvergenceError
 
     solver = getattr(obj, "solver", obj)
     if isinstance(solver, PETSc.SNES):
