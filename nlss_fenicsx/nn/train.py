@@ -332,10 +332,11 @@ def train(cfg: TrainConfig, out: str | Path, *, sampler=None, device: str = "cpu
     resume : bool
         Continue from ``out`` if it exists (else start over and overwrite it).
     progress : bool
-        A progress bar on a terminal; off a terminal a line every 10 % or 30 s, and the
-        evaluation lines, through ``log``.
+        A progress bar on a terminal; off a terminal a line every 10 % or 30 s through
+        ``log``.
     log : callable
-        Receives those lines and the interruption note.
+        Receives the progress lines, the evaluation lines (every ``cfg.eval_every`` steps,
+        unless a bar shows the run) and the interruption note.
 
     Returns
     -------
