@@ -368,7 +368,8 @@ def check_mg_options(items) -> None:
     ValueError
         For a key that is not one of :data:`MG_OPTIONS` (``pc_type`` is accepted only as
         ``mg``): the inner PCMG must keep its two levels, its interpolation ``P`` and its
-        Galerkin coarse operator.
+        Galerkin coarse operator; and for a smoother or cycle count below 1 (a singular
+        preconditioner).
 
     Examples
     --------
@@ -381,13 +382,21 @@ nlss_mg_mg_levels_*, nlss_mg_mg_coarse_*, nlss_mg_pc_mg_cycle_type, \
 nlss_mg_pc_mg_multiplicative_cycles, nlss_mg_pc_mg_distinct_smoothup, nlss_mg_pc_mg_log
     """
     for key, value in items:
-        if key == "pc_type" and str(value).lower() == "mg":
+        if key == "pc_type" and value == "mg":
             continue
         if not key.startswith(MG_OPTIONS):
             allowed = ", ".join("nlss_mg_" + o + ("*" if o.endswith("_") else "")
                                 for o in MG_OPTIONS)
             raise ValueError(f"nlss_mg_{key} {value!r} is refused: the inner PCMG of "
                              f"TwoGridPC takes only {allowed}")
+        # No smoothing or no cycle makes the preconditioner singular: CG would then
+        # report convergence on a zero preconditioned residual (a wrong answer).
+        if key.endswith(("ksp_max_it", "pc_mg_multiplicative_cycles")):
+            try:
+                _integer("nu", value, 1)
+            except ValueError:
+                raise ValueError(f"nlss_mg_{key}: expected an integer >= 1, got "
+                                 f"{value!r}") from None
 
 
 def mg_defaults(smoother: str, nu: int, *, omega: float | None = None,

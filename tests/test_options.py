@@ -133,9 +133,14 @@ def test_agreeing_values_are_accepted():
 def test_mg_options_structure_refused_levels_and_coarse_honoured():
     check_mg_options([("mg_levels_ksp_type", "chebyshev"), ("mg_coarse_pc_type", "lu"),
                       ("pc_mg_cycle_type", "w"), ("pc_type", "mg")])
-    for key, value in [("pc_type", "jacobi"), ("pc_mg_levels", "3"),
+    for key, value in [("pc_type", "jacobi"), ("pc_type", "MG"), ("pc_mg_levels", "3"),
                        ("pc_mg_galerkin", "both"), ("ksp_type", "cg")]:
         with pytest.raises(ValueError, match=f"nlss_mg_{key} '{value}' is refused"):
+            check_mg_options([(key, value)])
+    for key, value in [("mg_levels_ksp_max_it", "0"), ("mg_levels_ksp_max_it", "abc"),
+                       ("mg_levels_up_ksp_max_it", "-1"), ("pc_mg_multiplicative_cycles", "0")]:
+        with pytest.raises(ValueError, match=f"^nlss_mg_{key}: expected an integer >= 1, "
+                                             f"got '{value}'$"):
             check_mg_options([(key, value)])
     assert all(k.startswith(MG_OPTIONS) or k == "pc_mg_galerkin"
                for k in mg_defaults("sor", 2, omega=1.0, parallel=True))
