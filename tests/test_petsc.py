@@ -501,3 +501,41 @@ def test_train_on_your_own_mesh_snippet(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "my_model.pt").exists()
     assert 0 < int(proc.stdout.strip().splitlines()[-1].split()[1]) < 30
+
+
+# ------------------------------------------------------------------ determinism
+
+
+def stage_digests() -> dict:
+    """SHA-256 of mesh, A, b, S (serial and PETSc routes) and the PC's P for fixed seeds."""
+    import hashlib
+
+    from nlss_fenicsx._fenicsx import MPI as _MPI
+
+    def sha(a):
+        a = np.ascontiguousarray(a)
+        return hashlib.sha256(a.dtype.str.encode() + str(a.shape).encode()
+                              + a.tobytes()).hexdigest()
+
+    mesh = meshes.jittered_square(8, seed=5, comm=_MPI.COMM_SELF)
+    system = pdes.assemble(pdes.sample("anisotropic", mesh, rng=5))
+    ctx = npc.TwoGridPC(options=TwoGridOptions(r=6, K=8, seed=5))
+    _pc_for(system.A, ctx)
+    return {"mesh_x": sha(mesh.geometry.x), "A": sha(system.A_csr.toarray()),
+            "b": sha(system.b), "order": sha(system.node_order), "S_pc": sha(ctx.S),
+            "P_pc": sha(ctx.P), "lam_max": repr(ctx.lam_max),
+            "S_petsc": sha(la.smoothed_vectors_petsc(system.A, 8, seed=5,
+                                                     node_order=system.node_order))}
+
+
+def test_the_same_seed_is_bit_identical_here_and_in_a_fresh_process():
+    here = stage_digests()
+    assert stage_digests() == here
+    code = ("import json; from tests.test_petsc import stage_digests; "
+            "print(json.dumps(stage_digests()))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, env={"PYTHONPATH": str(ROOT),
+                                                       "OMP_NUM_THREADS": "1",
+                                                       "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == here
