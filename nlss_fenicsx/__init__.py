@@ -28,6 +28,7 @@ _LAZY = {
     "TwoGrid": "nlss_fenicsx.twogrid",
     "pcg": "nlss_fenicsx.twogrid",
     "PCGInfo": "nlss_fenicsx.twogrid",
+    "TwoGridOptions": "nlss_fenicsx.options",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from nlss_fenicsx._atomic import atomic_path
+from nlss_fenicsx._checks import check_int
 from nlss_fenicsx._fenicsx import MPI, dolfinx
-from nlss_fenicsx.grid import _check_N, delaunay_triangles, jittered_points
+from nlss_fenicsx.grid import delaunay_triangles, jittered_points
 
 __all__ = [
     "delaunay_triangles",
@@ -142,7 +143,7 @@ def jittered_square(
     81
     """
     comm = MPI.COMM_WORLD if comm is None else comm
-    N = _check_N(N)
+    N = check_int("N", N, 2)  # on every rank: only rank 0 draws the points
     # Checked on every rank: only rank 0 draws the points, and a rank 0 that raised alone
     # would leave the others waiting in the collective mesh distribution.
     if not 0.0 <= float(jitter) < 0.5:

@@ -114,8 +114,9 @@ def test_reference_mesh_is_committed_and_readable():
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"N": 1}, "N must be"), ({"N": 4, "jitter": 0.5}, "jitter"),
-     ({"N": 4, "jitter": -0.1}, "jitter"), ({"N": 4.0}, "N must be")],
+    [({"N": 1}, "expected N >= 2, got N = 1"), ({"N": 4, "jitter": 0.5}, "jitter"),
+     ({"N": 4, "jitter": -0.1}, "jitter"),
+     ({"N": 4.0}, "expected N to be an integer >= 2, got 4.0")],
 )
 def test_bad_arguments(kwargs, match):
     N = kwargs.pop("N")
