@@ -17,51 +17,67 @@
 # \mathbf{K} = R(\phi)\,\mathrm{diag}(10^5, 1)\,R(\phi)^T, \qquad \phi \sim N(0, \pi^2),
 # $$
 #
-# drawn independently per triangle: every cell conducts $10^5$ times better along its
-# own random direction than across it. Pointwise smoothers (Jacobi, and the Jacobi sweeps
-# inside the two-grid cycle) damp only the error that is smooth *along* the strong
-# directions, so the error left after smoothing, and with it the coarse space that
-# corrects it, is far from the smooth functions a geometric coarse grid offers. This is
-# where a coarse space learned from smoothed vectors is meant to help.
+# drawn independently per triangle: every cell conducts $10^5$ times better along its own
+# random direction than across it. Pointwise smoothers (Jacobi, and the Jacobi sweeps inside
+# the two-grid cycle) damp only the error that is smooth *along* the strong directions, so
+# the error left after smoothing, and with it the coarse space that corrects it, is far from
+# the smooth functions a geometric coarse grid offers.
 #
-# Everything else is the diffusion demo (`demos/diffusion.py` explains each step): a
-# fresh Gmsh jittered mesh and coefficient draw, the NLSS model from the on-disk cache
-# (trained on the first run, under a minute at the default size), dolfinx's
-# `LinearProblem` with `TwoGridPC` (`nlss_coarse nlss`), and the same system through
-# SVD and SA-AMG two-grid, Jacobi-CG, ICC(0)-CG, GAMG-CG and Cholesky. The PNG colours
-# each triangle by the angle of its strong axis. `--help` lists the options.
+# Everything but the PDE is the diffusion demo, imported from `diffusion.py` (run from the
+# `demos` folder, or with it on the path): the same mesh, model cache, $S$ and $P$,
+# `LinearProblem` with `TwoGridPC`, comparison and figure. The figure colours each triangle
+# by the angle of its strong axis. `--help` lists the options.
 
 # +
 from __future__ import annotations
 
-import os
+import nlss_fenicsx  # noqa: F401  first: makes the DOLFINx wheel's libraries importable
 
-# Single-threaded BLAS and torch by default: see demos/diffusion.py.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# isort: split
+import dolfinx
+import numpy as np
+import ufl
+from diffusion import cell_function, dirichlet_zero, run  # the shared steps
+from petsc4py import PETSc
 
-from nlss_fenicsx.bench import demo  # noqa: E402  (imports dolfinx/petsc4py in order)
+K1 = 1e5  # conductivity along the strong axis (across: 1)
+# -
 
-PDE = "anisotropic"
+# ## The PDE
+#
+# The tensor is a DG0 function with 2 x 2 values per cell; UFL's `dot(K, grad(u))` does the
+# rest. The angle is kept as a second DG0 field for the figure.
+
+
+# +
+def anisotropic_forms(mesh, seed: int):
+    """``(V, a, L, bcs, angle)``: P1 forms of -div(K grad u) = 1, K rotated per cell."""
+    n_cells = mesh.topology.index_map(mesh.topology.dim).size_global
+    phi = np.pi * np.random.default_rng(seed).standard_normal(n_cells)
+    c, s = np.cos(phi), np.sin(phi)
+    # K = R diag(K1, 1) R^T, row by row.
+    tensor = np.stack([K1 * c * c + s * s, (K1 - 1) * c * s,
+                       (K1 - 1) * c * s, K1 * s * s + c * c], axis=1)
+    K = cell_function(mesh, tensor, "K", shape=(2, 2))
+    angle = cell_function(mesh, np.mod(phi, np.pi), "angle of the strong axis")
+    V = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+    a = ufl.inner(ufl.dot(K, ufl.grad(u)), ufl.grad(v)) * ufl.dx
+    L = dolfinx.fem.Constant(mesh, PETSc.ScalarType(1.0)) * v * ufl.dx
+    return V, a, L, dirichlet_zero(V), angle
 
 
 def main(argv=None) -> dict:
-    """Run the demo; returns the numbers it printed (see `demo.run`)."""
-    return demo.run(PDE, argv)
+    return run("anisotropic", anisotropic_forms, argv, log_scale=False)
 
 
 # -
 
 # ## What to expect
 #
-# Measured on the development machine (2-core AMD EPYC, default sizes except a model
-# trained for `--steps 300`; the default 1000-step model was not timed): NLSS needs 15
-# CG iterations where the exact SVD basis of the same rank (32) needs 25, SA-AMG's
-# two-grid (121 coarse columns) 12, GAMG-CG 15, ICC(0)-CG 34 and Jacobi-CG 129. Per
-# solve, the forward pass (about 4 ms for 13.6M weights on this CPU) costs more than
-# the SVD it replaces (1 ms) at $n = 1089$, so NLSS's 8 ms per solve is behind SVD
-# (5 ms), GAMG (2 ms) and Cholesky (1.4 ms) here; see the discussion at the end of
-# `demos/diffusion.py`.
+# Fewer CG iterations with the learned coarse space than with the SVD of $S$ at the same
+# rank, as in the paper; and, as for diffusion, the free sine basis is a strong competitor.
+# The measured numbers are in `results/standard/anisotropic/tables.md`.
 
 # +
 if __name__ == "__main__":
