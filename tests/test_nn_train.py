@@ -5,6 +5,7 @@ non-finite loss stops at once and keeps the last good checkpoint; a user's sampl
 the paper's data; off a terminal a progress line appears every 10 % or 30 s."""
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -294,6 +295,17 @@ def test_off_a_terminal_a_progress_line_every_10_percent_or_30_seconds(tmp_path,
     train(TrainConfig(steps=10, **{**TINY, "eval_every": 100}), tmp_path / "c.pt", **{
         "progress": False, "log": lines.append})
     assert not [m for m in lines if m.startswith("train diffusion")]  # progress=False
+
+    class Stdout(io.StringIO):  # a file: block-buffered unless flushed
+        flushes = 0
+
+        def flush(self):
+            Stdout.flushes += 1
+
+    monkeypatch.setattr(sys, "stdout", Stdout())
+    train(TrainConfig(steps=5, **{**TINY, "eval_every": 100}), tmp_path / "d.pt", progress=True)
+    printed = sys.stdout.getvalue().splitlines()
+    assert len(printed) == 6 and Stdout.flushes >= 6  # 5 progress + 1 evaluation, flushed
 
 
 @pytest.mark.parametrize(

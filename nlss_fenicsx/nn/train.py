@@ -256,7 +256,7 @@ class _Progress:
     """A bar on a terminal; off a terminal one line every 10 % or 30 s (issue 15.11)."""
 
     def __init__(self, total: int, start: int, desc: str, enabled: bool, log) -> None:
-        self.total, self.desc, self.log = total, desc, log
+        self.total, self.desc, self._log = total, desc, log
         self.bar = None
         self.lines = enabled and not sys.stderr.isatty()
         if enabled and not self.lines:
@@ -276,6 +276,11 @@ class _Progress:
                 self.log(f"{self.desc}: step {step}/{self.total} ({pct} %), loss {loss:.4f}, "
                          f"{now - self.t0:.0f} s")
                 self.last, self.next_pct = now, (pct // 10 + 1) * 10
+
+    def log(self, line: str) -> None:
+        """Pass ``line`` on, flushed: redirected to a file, stdout is block-buffered."""
+        self._log(line)
+        sys.stdout.flush()
 
     def note(self, line: str) -> None:
         """Print an evaluation line unless a bar shows the run."""
@@ -372,9 +377,7 @@ def train(cfg: TrainConfig, out: str | Path, *, sampler=None, device: str = "cpu
     start = int(model.step or 0)
     last_saved = start if model.path is not None else None  # resumed from that step
     net = model.net.to(device).train()
-    # Adam's update, not the matrix products, bounds a paper-size MLP step: the fused
-    # kernel runs inside backward, parameter by parameter, freeing each gradient at once.
-    opt = BackwardAdam(net.parameters(), lr=cfg.lr)
+    opt = BackwardAdam(net.parameters(), lr=cfg.lr)  # steps inside backward, frees gradients
     if model.optimizer_state is not None:
         opt.load_state_dict(model.optimizer_state)
     state = model.train_state
@@ -478,7 +481,7 @@ def train(cfg: TrainConfig, out: str | Path, *, sampler=None, device: str = "cpu
                     save(step, elapsed)
     except KeyboardInterrupt:
         save(step, elapsed)
-        log(f"interrupted at step {step}; checkpoint saved to {out} (run again to resume)")
+        bar.log(f"interrupted at step {step}; checkpoint saved to {out} (run again to resume)")
         raise KeyboardInterrupt from None
     finally:
         bar.close()
