@@ -215,7 +215,7 @@ def test_maxiter_is_a_reported_failure(system, name, path, match):
 
 
 @pytest.mark.mpi
-@pytest.mark.parametrize("nprocs", [2, 3])
+@pytest.mark.parametrize("nprocs", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_petsc_path_under_mpiexec(system, nprocs):
     """The PETSc path and the PETSc peers run distributed: the same iterations as in
     serial, the true residual over all ranks; the serial-only paths are refused, the same
