@@ -165,3 +165,12 @@ def test_killed_bench_keeps_results_and_resume_continues(tmp_path):
     for key, entry in first["methods"].items():
         assert final["methods"][key]["records"] == entry["records"], key
     assert not [p for p in out.iterdir() if "nlss-tmp" in p.name]  # swept by the resume
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("NLSS_FENICSX_CACHE", str(tmp_path / "cache"))
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ValueError, match=r"out .*a_file is a file, not a folder"):
+        run_bench("diffusion", "smoke", blocker / "bench", progress=False)
+    assert not (tmp_path / "cache").exists()  # nothing trained

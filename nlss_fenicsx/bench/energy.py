@@ -113,13 +113,13 @@ def plot_energy(result: dict, path: Path) -> Path:
 def run_energy(cfg: EnergyConfig, out: str | Path, *, progress: bool = True,
                log=print) -> dict:
     """Train both models (or resume them from ``out``), evaluate, write JSON and PNG."""
+    from nlss_fenicsx._atomic import check_destination
     from nlss_fenicsx.bench.results import require_one_rank
     from nlss_fenicsx.nn.data import cache_dir, load_dataset
     from nlss_fenicsx.nn.train import train
 
     require_one_rank("nlss-fenicsx energy")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_destination(out, what="out", kind="dir")  # before any training
     result = {"pde": cfg.pde, "N": cfg.N, "K": cfg.K, "n_test": cfg.n_test,
               "steps": cfg.steps, "batch": cfg.batch, "seed": cfg.seed,
               "ranks": list(range(1, cfg.K + 1)), "losses": {}}

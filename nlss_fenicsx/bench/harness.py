@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nlss_fenicsx._atomic import check_destination
 from nlss_fenicsx.bench.methods import LEARNED, PEERS, MethodSpec, method_class
 from nlss_fenicsx.bench.progress import Progress
 from nlss_fenicsx.bench.report import (
@@ -302,7 +303,8 @@ def run_bench(pde: str, budget: Budget | str, out: str | Path, *, ranks=None,
     Raises
     ------
     ValueError
-        Bad ranks, an unknown budget, more than one MPI rank (raised before any work), or
+        Bad ranks, an unknown budget, more than one MPI rank, an output folder that cannot
+        be written (all raised before any work), or
         a damaged ``results.json`` with ``resume`` (one line naming the file).
     """
     require_one_rank("nlss-fenicsx bench")
@@ -315,7 +317,7 @@ def run_bench(pde: str, budget: Budget | str, out: str | Path, *, ranks=None,
     if bad:
         raise ValueError(f"ranks must lie in 1..r_max={budget.r_max} for budget "
                          f"{budget.name!r}; got {bad}")
-    out = Path(out)
+    out = check_destination(out, what="out", kind="dir")  # before any work
     t_start = time.perf_counter()
     res = _start(pde, budget, ranks, out, resume)
     wanted = LEARNED if methods is None else tuple(m for m in LEARNED if m in methods)

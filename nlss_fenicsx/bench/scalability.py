@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nlss_fenicsx._atomic import check_destination
 from nlss_fenicsx.bench.harness import BUDGETS, TEST_SEED, Budget, instances, train_config
 from nlss_fenicsx.bench.methods import MethodSpec, method_class
 from nlss_fenicsx.bench.progress import Progress
@@ -134,8 +135,9 @@ def run_scalability(pde: str, budget: Budget | str, out: str | Path, *, sizes=No
     Raises
     ------
     ValueError
-        More than one MPI rank, an unknown budget, a size below 2, or a damaged
-        ``scalability.json`` with ``resume`` (one line naming the file).
+        An output folder that cannot be written, more than one MPI rank, an unknown
+        budget, a size below 2 (all before any work), or a damaged ``scalability.json``
+        with ``resume`` (one line naming the file).
     """
     from nlss_fenicsx.bench.machine import machine_info
 
@@ -147,7 +149,7 @@ def run_scalability(pde: str, budget: Budget | str, out: str | Path, *, sizes=No
     sizes = [int(N) for N in (sizes or budget.scal_N)]
     if min(sizes) < 2:
         raise ValueError(f"scalability sizes must be >= 2, got {sizes}")
-    out = Path(out)
+    out = check_destination(out, what="out", kind="dir")  # before any work
     path = out / "scalability.json"
     if resume and path.exists():
         res = load_results(path, "scalability")
