@@ -400,8 +400,8 @@ nlss_mg_pc_mg_multiplicative_cycles, nlss_mg_pc_mg_distinct_smoothup, nlss_mg_pc
 
 
 def mg_defaults(smoother: str, nu: int, *, omega: float | None = None,
-                interval: tuple[float, float] | None = None,
-                parallel: bool = False) -> dict[str, str | None]:
+                interval: tuple[float, float] | None = None, parallel: bool = False,
+                singular: bool = False) -> dict[str, str | None]:
     """Return the inner PCMG's settings as PETSc options (keys without ``nlss_mg_``).
 
     Parameters
@@ -419,6 +419,9 @@ def mg_defaults(smoother: str, nu: int, *, omega: float | None = None,
         ``(lo, hi)`` for ``chebyshev``.
     parallel : bool
         Coarse solve redundant (a Cholesky on every rank) instead of plain Cholesky.
+    singular : bool
+        ``A`` has a nullspace (semi-definite): the coarse solve is a pseudo-inverse (PCSVD)
+        instead of a Cholesky factorisation.
 
     Returns
     -------
@@ -447,8 +450,9 @@ def mg_defaults(smoother: str, nu: int, *, omega: float | None = None,
                       mg_levels_pc_sor_omega=repr(float(omega)))
     coarse: dict[str, str | None] = {"mg_coarse_ksp_type": "preonly",
                                      "mg_coarse_pc_factor_shift_type": "none"}
+    solver = "svd" if singular else "cholesky"
     if parallel:
-        coarse.update(mg_coarse_pc_type="redundant", mg_coarse_redundant_pc_type="cholesky")
+        coarse.update(mg_coarse_pc_type="redundant", mg_coarse_redundant_pc_type=solver)
     else:
-        coarse["mg_coarse_pc_type"] = "cholesky"
+        coarse["mg_coarse_pc_type"] = solver
     return {"pc_mg_galerkin": "none", **levels, **coarse}

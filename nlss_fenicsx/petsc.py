@@ -349,8 +349,13 @@ class TwoGridPC:
                              f"after {opts.sweeps} Jacobi sweeps (expected a finite SPD A)")
         return S
 
-    def _check_coarse(self, comm, Ac) -> bool:
-        """NotSPDError (every rank) unless Ac is SPD; False where only symmetry was checked."""
+    def _check_coarse(self, comm, Ac, singular: bool) -> bool:
+        """NotSPDError (every rank) unless Ac is SPD; False where only symmetry was checked.
+
+        With a nullspace attached to A (``singular``), A is only semi-definite and so may be
+        Ac (e.g. smoothed aggregation's P contains the constant): then Ac must be symmetric
+        positive semi-definite, and the coarse solve is a pseudo-inverse (PCSVD).
+        """
         from nlss_fenicsx.twogrid import NotSPDError, check_coarse_spd
 
         r = Ac.getSize()[0]
@@ -360,7 +365,15 @@ class TwoGridPC:
             else:
                 rows = la.petsc_to_csr(Ac).toarray()
             full = np.concatenate(comm.allgather(rows), axis=0)
-            check_coarse_spd(full)  # the same data on every rank: the same outcome
+            if not singular:
+                check_coarse_spd(full)  # the same data on every rank: the same outcome
+                return True
+            lam = np.linalg.eigvalsh(0.5 * (full + full.T)) if np.isfinite(full).all() else [-1]
+            if not (np.abs(full - full.T).max() <= 1e-10 * np.abs(full).max()
+                    and lam[0] >= -1e-10 * max(lam[-1], 0.0)):
+                raise NotSPDError(f"coarse operator Ac = P^T A P ({r} x {r}) is not symmetric "
+                                  "positive semi-definite although A has a nullspace attached; "
+                                  "A must be symmetric positive semi-definite")
             return True
         AcT = Ac.transpose(PETSc.Mat())  # out of place
         scale = Ac.norm(PETSc.NormType.FROBENIUS)
@@ -385,7 +398,9 @@ class TwoGridPC:
         # Galerkin Ac formed here rather than by PCMG: PCMG's own product puts 1 on an
         # empty diagonal, which would hide a rank-deficient P.
         self._Ac = Ac = A.ptap(P_mat)
-        dense_checked = self._check_coarse(comm, Ac)
+        nullspace = A.getNullSpace()
+        singular = nullspace is not None and bool(nullspace.handle)
+        dense_checked = self._check_coarse(comm, Ac, singular)
         mg = PETSc.PC().create(comm=comm)
         self.inner = mg
         mg.setOptionsPrefix(prefix)
@@ -399,7 +414,8 @@ class TwoGridPC:
         # Ours, then the user's (captured at setFromOptions); keys already in the database
         # are the user's and stay; only what is inserted here is removed afterwards.
         wanted = {**options.mg_defaults(opts.smoother, opts.nu, omega=self.omega,
-                                        interval=self._interval, parallel=comm.size > 1),
+                                        interval=self._interval, parallel=comm.size > 1,
+                                        singular=singular),
                   **self._mg_user}
         inserted = [prefix + k for k in wanted if k not in present]
         for key in inserted:

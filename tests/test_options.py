@@ -156,6 +156,9 @@ def test_mg_defaults_per_smoother():
     s = mg_defaults("sor", 2, omega=1.0, parallel=True)
     assert "mg_levels_pc_sor_local_symmetric" in s and s["mg_coarse_pc_type"] == "redundant"
     assert mg_defaults("jacobi", 1, omega=1.0)["mg_coarse_pc_type"] == "cholesky"
+    assert mg_defaults("jacobi", 1, omega=1.0, singular=True)["mg_coarse_pc_type"] == "svd"
+    assert mg_defaults("jacobi", 1, omega=1.0, singular=True,
+                       parallel=True)["mg_coarse_redundant_pc_type"] == "svd"
 
 
 def test_kinds_and_smoothers_agree_with_the_core():

@@ -13,7 +13,7 @@ import scipy.sparse.linalg as spla
 
 from nlss_fenicsx import la, meshes, pdes
 from nlss_fenicsx import petsc as npc
-from nlss_fenicsx._fenicsx import MPI, PETSc, dolfinx
+from nlss_fenicsx._fenicsx import MPI, PETSc, dolfinx, ufl
 from nlss_fenicsx.coarse import svd_basis
 from nlss_fenicsx.options import TwoGridOptions
 from nlss_fenicsx.smoothing import smoothed_vectors
@@ -396,6 +396,40 @@ def test_elasticity_default_options_converge_with_the_near_nullspace(cell):
             assert ctx.coarse_size == 48 + 6  # the six rigid-body modes appended
         if cell == "hexahedron":  # 0.66 would diverge here; auto picks a safe weight
             assert ctx.omega < 0.66 and "would diverge" in ctx.omega_reason
+
+
+@pytest.mark.parametrize("coarse", ["svd", "sa", "eig"])
+def test_pure_neumann_with_its_nullspace_attached(coarse):
+    """A semi-definite A (constant nullspace attached): Ac may be singular (sa's P holds the
+    constant), the coarse solve is then a pseudo-inverse; the solution is A's."""
+    mesh = dolfinx.mesh.create_unit_square(MPI.COMM_WORLD, 12, 12)
+    V = dolfinx.fem.functionspace(mesh, ("Lagrange", 1))
+    u, v = ufl.TrialFunction(V), ufl.TestFunction(V)
+    x = ufl.SpatialCoordinate(mesh)
+    A = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(
+        ufl.inner(ufl.grad(u), ufl.grad(v)) * ufl.dx))
+    A.assemble()
+    b = dolfinx.fem.petsc.assemble_vector(dolfinx.fem.form((x[0] - 0.5) * v * ufl.dx))
+    nullspace = PETSc.NullSpace().create(constant=True, comm=mesh.comm)
+    A.setNullSpace(nullspace)
+    nullspace.remove(b)
+    ksp = PETSc.KSP().create(mesh.comm)
+    ksp.setOperators(A)
+    ksp.setType("cg")
+    ksp.setTolerances(rtol=1e-10)
+    ksp.setNormType(PETSc.KSP.NormType.UNPRECONDITIONED)
+    ksp.getPC().setType("python")
+    ksp.getPC().setPythonContext(npc.TwoGridPC(options=TwoGridOptions(coarse=coarse)))
+    xs = A.createVecRight()
+    with npc.python_errors():
+        ksp.solve(b, xs)
+    assert npc.check_converged(ksp) < 30
+    assert ksp.getPC().getPythonContext().inner.getMGCoarseSolve().getPC().getType() == "svd"
+    dense = la.petsc_to_csr(A).toarray()
+    n = len(dense)
+    ref = np.linalg.solve(dense + np.ones((n, n)) / n, b.getArray())  # the mean-zero solution
+    got = xs.getArray() - xs.getArray().mean()
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-8 * np.abs(ref).max())
 
 
 # ------------------------------------------------------------------ a checkpoint's settings
