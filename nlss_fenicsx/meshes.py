@@ -65,7 +65,21 @@ def gmsh_model(points: np.ndarray, triangles: np.ndarray, *, name: str = "jitter
 
     Node tags are ``1 + grid index``; physical group 1 holds the triangles. No boundary
     group is stored: the boundary is the mesh's exterior facets, which dolfinx finds
-    itself (:func:`nlss_fenicsx.pdes.boundary_dofs`). Returns the ``gmsh.model`` module.
+    itself (:func:`nlss_fenicsx.pdes.boundary_dofs`).
+
+    Parameters
+    ----------
+    points : numpy.ndarray, shape (n, 2)
+        Node coordinates in grid order.
+    triangles : numpy.ndarray, shape (m, 3)
+        Node indices of each triangle, positively oriented.
+    name : str
+        Name of the Gmsh model.
+
+    Returns
+    -------
+    module
+        ``gmsh.model``, holding the surface.
     """
     gmsh = _gmsh()
     gmsh.model.add(name)
@@ -157,11 +171,29 @@ def jittered_square(
 
 
 def grid_order(V, N: int | None = None) -> np.ndarray:
-    """Global P1 dof of each lexicographic grid node, ``order[i + (N+1)*j]``.
+    """Return the global P1 dof of each lexicographic grid node, ``order[i + (N+1)*j]``.
 
     Matches dof coordinates to the jittered grid by position (each node lies within
     ``0.5 h`` of its grid point, so the nearest grid point identifies it uniquely).
-    Collective over ``V.mesh.comm``; every rank receives the full array.
+    Collective over ``V.mesh.comm``; every rank receives the full array. For any mesh use
+    :func:`node_order` (equal to this on :func:`jittered_square` meshes).
+
+    Parameters
+    ----------
+    V : dolfinx.fem.FunctionSpace
+        Scalar P1 space on a jittered unit-square mesh.
+    N : int, optional
+        Cells per side (default: from the number of dofs).
+
+    Returns
+    -------
+    numpy.ndarray, shape ((N+1)**2,), int64
+
+    Raises
+    ------
+    ValueError
+        If the space is blocked, has not ``(N+1)^2`` dofs, or its dofs do not lie near
+        (and one-to-one onto) the grid points.
     """
     comm = V.mesh.comm
     imap = V.dofmap.index_map
@@ -308,7 +340,27 @@ def mesh_id(mesh) -> str:
 
 def write_msh(path: str | os.PathLike, N: int, *, jitter: float = 0.35,
               seed: int | None = 0) -> Path:
-    """Write the jittered mesh to a Gmsh ``.msh`` file (format 4.1), atomically."""
+    """Write the jittered mesh to a Gmsh ``.msh`` file (format 4.1), atomically.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Destination (a temporary beside it is renamed into place).
+    N, jitter, seed
+        As :func:`jittered_square`.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    ValueError
+        On a bad ``N`` or ``jitter``.
+    OSError
+        If ``path`` cannot be written.
+    """
     path = Path(path)
     pts = jittered_points(N, jitter=jitter, seed=seed)
     with atomic_path(path, suffix=".msh") as tmp, _GmshSession() as gmsh:
@@ -319,7 +371,28 @@ def write_msh(path: str | os.PathLike, N: int, *, jitter: float = 0.35,
 
 
 def read_msh(path: str | os.PathLike, *, comm=None) -> dolfinx.mesh.Mesh:
-    """Read a ``.msh`` file written by :func:`write_msh` into a distributed dolfinx Mesh."""
+    """Read a 2-D Gmsh ``.msh`` file (e.g. from :func:`write_msh`) into a dolfinx Mesh.
+
+    Any 2-D Gmsh mesh works (a user's own, for training on it); its node tags give the
+    input node order (:func:`node_order`).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    comm : mpi4py.MPI.Comm, optional
+        Communicator to distribute over (default ``MPI.COMM_WORLD``).
+
+    Returns
+    -------
+    dolfinx.mesh.Mesh
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``path`` is not a file.
+    ValueError
+        If Gmsh cannot read it.
+    """
     comm = MPI.COMM_WORLD if comm is None else comm
     path = Path(path)
     if not path.is_file():
