@@ -58,7 +58,7 @@ from mpi4py import MPI
 from petsc4py import PETSc
 
 from nlss_fenicsx import meshes
-from nlss_fenicsx._atomic import check_destination
+from nlss_fenicsx._atomic import atomic_path, check_destination
 from nlss_fenicsx.coarse import coarse_basis
 from nlss_fenicsx.la import attach_node_order, petsc_to_csr, smoothed_vectors_petsc
 from nlss_fenicsx.nn.cache import cached_model
@@ -362,7 +362,8 @@ def plot(path: Path, V, coefficient, uh, runs: dict, *, title: str, log_scale=Tr
     axes[2].grid(alpha=0.3)
     axes[2].legend(fontsize=8)
     fig.suptitle(title)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:  # a killed run leaves no half-written file
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
     return path
 
