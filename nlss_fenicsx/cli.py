@@ -118,8 +118,6 @@ GNN_LAYERS = 5  # the authors' message-passing depth
 
 def _train_config(args):
     """Build the :class:`~nlss_fenicsx.nn.train.TrainConfig` of ``train``'s flags."""
-    from nlss_fenicsx.nn.train import TrainConfig
-
     hidden = args.hidden
     if args.arch == "gnn":
         if hidden is not None and len(hidden) != 1:
@@ -132,6 +130,8 @@ def _train_config(args):
             raise UsageError("--arch gnn trains on a fresh instance per step; --protocol "
                              f"{args.protocol} does not apply")
         hidden = hidden and hidden * GNN_LAYERS
+    from nlss_fenicsx.nn.train import TrainConfig  # torch: after the cheap checks
+
     return TrainConfig(arch=args.arch, pde=args.pde, K=args.K, r_max=args.rank, loss=args.loss,
                        steps=args.steps, lr=args.lr, batch=args.batch, seed=args.seed,
                        protocol=args.protocol, preset=args.preset, hidden=hidden,
