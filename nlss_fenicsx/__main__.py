@@ -2,4 +2,5 @@
 
 from nlss_fenicsx.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # importing this module (e.g. pytest's doctest collection) runs nothing
+    raise SystemExit(main())
