@@ -122,7 +122,9 @@ def test_svd_with_many_sweeps_is_its_own_row(system, reference):
     many = run_method(system, MethodSpec("svd", rank=6, K=8, sweeps=300, path="scipy"))
     _check(many, system, reference)
     assert many.method == "SVD (300 sweeps) (SciPy)"
-    assert many.phases["smoothing"] > 5 * ten.phases["smoothing"]
+    # 300 sweeps bring S close to the smoother's slow modes (the low modes of D^-1 A):
+    # a coarse space at least as good as the 10-sweep S.
+    assert many.iterations <= ten.iterations
 
 
 def test_labels_and_classes():

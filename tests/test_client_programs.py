@@ -44,17 +44,13 @@ PINNED = {
     ("heat", "svd"): (10, 12),
     ("heat", "sa"): (6, 8),
     ("neumann", "svd"): (42, 45),
-    ("neumann", "sa"): (8, 10),  # HEAD's PC: 9; now refused (see AWAITS)
+    ("neumann", "sa"): (8, 10),
     ("hyperelastic", "svd"): (30, 33),
     ("hyperelastic", "sa"): (12, 14),
 }
 
 # Known failures, each waiting on its owner (strict: the test says when it is fixed).
-AWAITS = {
-    ("neumann", "sa"): "B: A's constant nullspace is in span(P) for sa (PyAMG's candidate is "
-                       "the constant), so Ac = P^T A P is singular and the PC refuses it "
-                       "(NotSPDError); project A's MatNullSpace out of P",
-}
+AWAITS: dict[tuple[str, str], str] = {}
 
 
 def _case(name, coarse):

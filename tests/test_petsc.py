@@ -275,9 +275,12 @@ def test_user_mg_options_are_honoured_and_never_deleted():
                                             ("pc_mg_galerkin", "both"), ("ksp_type", "gmres")])
 def test_structural_mg_options_are_refused_in_one_line(key, value):
     _, lp = _problem(f"mgbad{key}_", {f"nlss_mg_{key}": value}, N=6)
-    with pytest.raises(ValueError, match=f"^nlss_mg_{key} '{value}' is refused: the inner "
-                                         "PCMG of TwoGridPC takes only"), npc.python_errors():
-        lp.solve()
+    try:
+        with pytest.raises(ValueError, match=f"^nlss_mg_{key} '{value}' is refused: the inner "
+                                             "PCMG of TwoGridPC takes only"), npc.python_errors():
+            lp.solve()
+    finally:  # the PC leaves a user's option alone; the test removes its own
+        del PETSc.Options()[f"mgbad{key}_nlss_mg_{key}"]
 
 
 def test_a_petsc_error_is_reported_as_itself():
