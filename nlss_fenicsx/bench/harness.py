@@ -119,6 +119,21 @@ BUDGETS = {
 
 
 # --------------------------------------------------------------------------- models
+def resolve_budget(budget: Budget | str) -> Budget:
+    """Return ``budget`` itself, or the budget of that name.
+
+    Raises
+    ------
+    ValueError
+        An unknown budget name.
+    """
+    if isinstance(budget, Budget):
+        return budget
+    if budget not in BUDGETS:
+        raise ValueError(f"Unrecognized budget {budget!r}; expected one of {tuple(BUDGETS)}")
+    return BUDGETS[budget]
+
+
 def train_config(pde: str, budget: Budget, loss: str = "nlss", *, N=None, K=None, steps=None,
                  preset="default"):
     """Build the :class:`~nlss_fenicsx.nn.train.TrainConfig` of a budget's model.
@@ -308,10 +323,7 @@ def run_bench(pde: str, budget: Budget | str, out: str | Path, *, ranks=None,
         a damaged ``results.json`` with ``resume`` (one line naming the file).
     """
     require_one_rank("nlss-fenicsx bench")
-    if isinstance(budget, str):
-        if budget not in BUDGETS:
-            raise ValueError(f"Unrecognized budget {budget!r}; expected one of {tuple(BUDGETS)}")
-        budget = BUDGETS[budget]
+    budget = resolve_budget(budget)
     ranks = [int(r) for r in (ranks or budget.ranks)]
     bad = [r for r in ranks if not 1 <= r <= budget.r_max]
     if bad:

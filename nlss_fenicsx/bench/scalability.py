@@ -36,7 +36,13 @@ from pathlib import Path
 import numpy as np
 
 from nlss_fenicsx._atomic import check_destination
-from nlss_fenicsx.bench.harness import BUDGETS, TEST_SEED, Budget, instances, train_config
+from nlss_fenicsx.bench.harness import (
+    TEST_SEED,
+    Budget,
+    instances,
+    resolve_budget,
+    train_config,
+)
 from nlss_fenicsx.bench.methods import MethodSpec, method_class
 from nlss_fenicsx.bench.progress import Progress
 from nlss_fenicsx.bench.report import (
@@ -150,10 +156,7 @@ def run_scalability(pde: str, budget: Budget | str, out: str | Path, *, sizes=No
     from nlss_fenicsx.bench.machine import machine_info
 
     require_one_rank("nlss-fenicsx bench --scalability")
-    if isinstance(budget, str):
-        if budget not in BUDGETS:
-            raise ValueError(f"Unrecognized budget {budget!r}; expected one of {tuple(BUDGETS)}")
-        budget = BUDGETS[budget]
+    budget = resolve_budget(budget)
     sizes = [int(N) for N in (sizes or budget.scal_N)]
     if min(sizes) < 2:
         raise ValueError(f"scalability sizes must be >= 2, got {sizes}")
