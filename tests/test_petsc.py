@@ -515,31 +515,6 @@ def test_import_nlss_fenicsx_first_makes_the_stack_importable(second):
     assert json.loads(proc.stdout) is False  # nothing heavy until asked for
 
 
-# ------------------------------------------------------------------ user snippets (README)
-
-
-@pytest.mark.parametrize("snippet", ["snippet_plug_in.py", "snippet_near_nullspace.py"])
-def test_user_snippet_runs_in_a_fresh_process_serial_and_on_two_ranks(snippet):
-    from tests.conftest import run_mpi
-
-    script = ROOT / "tests" / "mpi" / snippet
-    for nprocs in (1, 2):
-        out = run_mpi(nprocs, script, timeout=180).stdout.strip().splitlines()
-        assert out[-1].startswith("iterations ") and 0 < int(out[-1].split()[1]) < 60
-
-
-@pytest.mark.slow
-def test_train_on_your_own_mesh_snippet(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "mpi" /
-                                               "snippet_train_own_mesh.py")],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path,
-                          env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-                               "PATH": "/usr/bin:/bin"})
-    assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "my_model.pt").exists()
-    assert 0 < int(proc.stdout.strip().splitlines()[-1].split()[1]) < 30
-
-
 # ------------------------------------------------------------------ determinism
 
 
