@@ -22,6 +22,19 @@ same smoother before and after the coarse correction is its own adjoint:
     Symmetric SOR: each sweep is a forward then a backward SOR sweep,
     ``G = (I - (D/omega + U)^-1 A)(I - (D/omega + L)^-1 A)``, ``||G||_A < 1`` for any SPD
     ``A`` and ``0 < omega < 2`` (Ostrowski-Reich); no estimate is needed.
+``icc``
+    The Chebyshev polynomial of degree ``nu`` in ``M^-1 A`` with ``M = L L^T`` the
+    incomplete Cholesky factorisation without fill, ICC(0)
+    (:class:`~nlss_fenicsx.incomplete.IncompleteCholesky`), on the interval
+    :func:`chebyshev_interval` of an estimate of ``lambda_max(M^-1 A)`` by CG-Lanczos
+    (:func:`lambda_max_preconditioned`, 10 steps). ``M`` is SPD (a breakdown is shifted),
+    so ``M^-1 A`` has a positive spectrum and the guarantee is Chebyshev's: ``||G||_A < 1``
+    whenever ``lambda_max(M^-1 A) < lo + hi = 1.2`` times the estimate (the polynomial
+    stays below 1 in modulus up to there), i.e. while the estimate is at least 83 % of
+    ``lambda_max``. Undamped ICC(0) (Richardson with weight 1) has no such guarantee:
+    ``lambda_max(M^-1 A)`` exceeds 2 on the anisotropic family at ``N >= 64``, and the
+    two-grid operator is then indefinite. Degree 1 is Richardson with the weight
+    ``2 / (lo + hi)``.
 
 The estimate is the largest Ritz value of a few Lanczos steps on ``D^-1/2 A D^-1/2``
 (:func:`lambda_max_estimate`, from :mod:`nlss_fenicsx.lanczos`, re-exported here): it
@@ -36,9 +49,11 @@ from __future__ import annotations
 import numpy as np
 
 from nlss_fenicsx._checks import check_int, matrix_entries
-from nlss_fenicsx.lanczos import lambda_max_estimate, start_vector
+from nlss_fenicsx.incomplete import IncompleteCholesky
+from nlss_fenicsx.lanczos import lambda_max_estimate, lambda_max_preconditioned, start_vector
 
 __all__ = [
+    "DEFAULT_NU",
     "PAPER_OMEGA",
     "SAFETY",
     "SMOOTHERS",
@@ -47,11 +62,17 @@ __all__ = [
     "inverse_diagonal",
     "jacobi_weight",
     "lambda_max_estimate",
+    "lambda_max_preconditioned",
     "sor_weight",
     "start_vector",
 ]
 
-SMOOTHERS = ("jacobi", "chebyshev", "sor")
+SMOOTHERS = ("jacobi", "chebyshev", "sor", "icc")
+# CG-Lanczos steps of the lambda_max(M^-1 A) estimate of the icc smoother.
+ICC_STEPS = 10
+# Sweeps (polynomial degree) by default: the paper's 5, but 1 for icc (measured: degree 1
+# gives the cheapest solve; each degree costs a product with A and an ICC(0) solve).
+DEFAULT_NU = {"jacobi": 5, "chebyshev": 5, "sor": 5, "icc": 1}
 PAPER_OMEGA = 0.66
 # Lanczos approaches lambda_max from below: every rule uses SAFETY * estimate.
 SAFETY = 1.1
@@ -232,18 +253,19 @@ class Smoother:
     ----------
     A : scipy.sparse matrix or array, or numpy.ndarray, shape (n, n)
         SPD matrix (positive finite diagonal).
-    kind : {"jacobi", "chebyshev", "sor"}, optional
+    kind : {"jacobi", "chebyshev", "sor", "icc"}, optional
         See the module docstring (default ``"jacobi"``, as in the paper).
     nu : int, optional
-        Sweeps per application (default 5, the paper's); for ``chebyshev`` the polynomial
-        degree, for ``sor`` the number of symmetric (forward + backward) sweeps.
+        Sweeps per application (default 5, the paper's); for ``chebyshev`` and ``icc`` the
+        polynomial degree, for ``sor`` the number of symmetric (forward + backward) sweeps.
     omega : "auto" or float, optional
         Weight for ``jacobi`` (:func:`jacobi_weight`) and ``sor`` (:func:`sor_weight`);
-        must be ``"auto"`` for ``chebyshev``.
+        must be ``"auto"`` for ``chebyshev`` and ``icc``.
     lam_max : float, optional
-        A known estimate of ``lambda_max(D^-1 A)``; computed with
-        :func:`lambda_max_estimate` (12 steps from :func:`start_vector`) when needed and
-        not given.
+        A known estimate of ``lambda_max(D^-1 A)`` (of ``lambda_max(M^-1 A)`` for
+        ``icc``); computed with :func:`lambda_max_estimate` (12 steps from
+        :func:`start_vector`; :func:`lambda_max_preconditioned`, 10 steps, for ``icc``)
+        when needed and not given.
     seed : int, optional
         Selects the Lanczos start vector.
 
@@ -253,16 +275,19 @@ class Smoother:
     omega : float or None
         The weight used (None for ``chebyshev``).
     lam_max : float or None
-        The estimate used (None for ``sor``).
+        The estimate used (None for ``sor``; of ``lambda_max(M^-1 A)`` for ``icc``).
     interval : tuple of float or None
-        ``(lo, hi)`` for ``chebyshev``.
+        ``(lo, hi)`` for ``chebyshev`` and ``icc``.
+    M : IncompleteCholesky or None
+        The ICC(0) preconditioner of ``icc`` (its ``shift`` says whether ``A`` needed one).
     why : str
         One line: which weight or interval, and why.
 
     Raises
     ------
     ValueError
-        On an unknown ``kind``, ``nu < 1``, a bad or unsafe ``omega``, or a bad ``A``.
+        On an unknown ``kind``, ``nu < 1``, a bad or unsafe ``omega``, a bad ``A``, or (for
+        ``icc``) an estimate of ``lambda_max(M^-1 A)`` that is not usable (one line).
 
     Examples
     --------
@@ -291,12 +316,16 @@ class Smoother:
             # PyAMG's compiled sweeps take 32-bit indices.
             self._csr32 = (A.indptr.astype(np.int32), A.indices.astype(np.int32), A.data)
             return
-        if kind == "chebyshev" and omega != "auto":
-            raise ValueError(f"expected omega = 'auto' for the chebyshev smoother (its "
+        if kind in ("chebyshev", "icc") and omega != "auto":
+            raise ValueError(f"expected omega = 'auto' for the {kind} smoother (its "
                              f"weights come from the interval), got omega = {omega!r}")
+        self.M = IncompleteCholesky(A) if kind == "icc" else None
+        self._precond = self.M.solve if kind == "icc" else self._dinv
         if lam_max is None:
-            lam_max = lambda_max_estimate(A.__matmul__, self._Dinv,
-                                          start_vector(A.shape[0], seed=seed))
+            x0 = start_vector(A.shape[0], seed=seed)
+            lam_max = (lambda_max_preconditioned(A.__matmul__, self.M.solve, x0,
+                                                 steps=ICC_STEPS) if kind == "icc"
+                       else lambda_max_estimate(A.__matmul__, self._Dinv, x0))
         self.lam_max = _positive_estimate(lam_max)
         if kind == "jacobi":
             self.omega, self.why = jacobi_weight(omega, self.lam_max)
@@ -304,8 +333,11 @@ class Smoother:
         else:
             self.interval = chebyshev_interval(self.lam_max)
             lo, hi = self.interval
+            M = "M^-1 A), M = ICC(0)" if kind == "icc" else "D^-1 A)"
+            if kind == "icc" and self.M.shift:
+                M += f" of A + {self.M.shift:g} diag(A)"
             self.why = (f"Chebyshev degree {self.nu} on [{lo:.4g}, {hi:.4g}] = "
-                        f"[{CHEB_LOWER}, {SAFETY}] x lambda_max(D^-1 A) ~ {self.lam_max:.4g}")
+                        f"[{CHEB_LOWER}, {SAFETY}] x lambda_max({M} ~ {self.lam_max:.4g}")
 
     def smooth(self, b, x=None, *, nu: int | None = None) -> np.ndarray:
         """``nu`` sweeps on ``A x = b`` from ``x`` (zero if None); returns the new ``x``.
@@ -331,7 +363,7 @@ class Smoother:
             return x
         if self.kind == "jacobi":
             return self._jacobi(b, x, nu, zero)
-        if self.kind == "chebyshev":
+        if self.kind in ("chebyshev", "icc"):
             return self._chebyshev(b, x, nu, zero)
         if b.ndim == 2:
             return np.column_stack([self._ssor(b[:, j], x[:, j], nu) for j in range(b.shape[1])])
@@ -339,6 +371,9 @@ class Smoother:
 
     def _scale(self, v: np.ndarray, d: np.ndarray) -> np.ndarray:
         return d[:, None] * v if v.ndim == 2 else d * v
+
+    def _dinv(self, v: np.ndarray) -> np.ndarray:
+        return self._scale(v, self._Dinv)
 
     def _residual(self, b, x, zero: bool) -> np.ndarray:
         return b.copy() if zero else b - self.A @ x
@@ -350,21 +385,22 @@ class Smoother:
         return x
 
     def _chebyshev(self, b, x, nu, zero):
-        # Saad, Algorithm 12.1 with the preconditioner D^-1: after nu steps the error is
-        # T_nu((theta - D^-1 A) / delta) / T_nu(theta / delta) times the initial error.
+        # Saad, Algorithm 12.1 with the preconditioner M^-1 (D^-1, or ICC(0) for icc):
+        # after nu steps the error is T_nu((theta - M^-1 A) / delta) / T_nu(theta / delta)
+        # times the initial error.
         lo, hi = self.interval
         theta, delta = 0.5 * (hi + lo), 0.5 * (hi - lo)
         sigma = theta / delta
         rho = 1.0 / sigma
         r = self._residual(b, x, zero)
-        d = self._scale(r, self._Dinv) / theta
+        d = self._precond(r) / theta
         for k in range(nu):
             x += d
             if k == nu - 1:
                 break
             r -= self.A @ d
             rho_new = 1.0 / (2.0 * sigma - rho)
-            d = (rho_new * rho) * d + (2.0 * rho_new / delta) * self._scale(r, self._Dinv)
+            d = (rho_new * rho) * d + (2.0 * rho_new / delta) * self._precond(r)
             rho = rho_new
         return x
 

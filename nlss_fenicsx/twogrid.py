@@ -9,7 +9,7 @@ started from ``x = 0``; ``r`` is the coarse rank, the number of columns of ``P``
 
 so ``x = B v`` with ``I - B A = E = G_post (I - P Ac^-1 P^T A) G_pre``, where ``G`` is the
 smoother's iteration matrix (``G = (I - omega D^-1 A)^nu`` for the paper's damped Jacobi;
-see :mod:`nlss_fenicsx.relaxation` for ``chebyshev`` and ``sor``). Every smoother there
+see :mod:`nlss_fenicsx.relaxation` for ``chebyshev``, ``sor`` and ``icc``). Every smoother there
 is ``A``-self-adjoint and ``A``-norm convergent on any SPD ``A`` (its weight is checked
 against an estimate of ``lambda_max(D^-1 A)``), and the coarse correction is an
 ``A``-orthogonal projection, so with ``nu_pre == nu_post`` the operator ``B`` is symmetric
@@ -34,7 +34,7 @@ import scipy.sparse.linalg as spla
 
 from nlss_fenicsx._checks import check_int, matrix_entries, reject_complex
 from nlss_fenicsx.krylov import ConvergenceError, IndefiniteError, PCGInfo, pcg
-from nlss_fenicsx.relaxation import Smoother
+from nlss_fenicsx.relaxation import DEFAULT_NU, Smoother
 
 __all__ = [
     "ConvergenceError",
@@ -154,11 +154,12 @@ class TwoGrid:
         Coarse basis (prolongation), full column rank; orthonormality is not needed.
         Dense ``P`` is kept dense, sparse ``P`` (e.g. from
         :func:`~nlss_fenicsx.coarse.sa_amg_basis`) is kept as CSR.
-    smoother : {"jacobi", "chebyshev", "sor"}, optional
+    smoother : {"jacobi", "chebyshev", "sor", "icc"}, optional
         Level smoother (default ``"jacobi"``, the paper's); see
         :mod:`nlss_fenicsx.relaxation`.
     nu : int, optional
-        Pre- and post-smoothing sweeps (default 5, the paper's ``nu_1 = nu_2 = 5``).
+        Pre- and post-smoothing sweeps (default 5, the paper's ``nu_1 = nu_2 = 5``; 1 for
+        ``icc``: Chebyshev degree 1 on ICC(0) gives the cheapest solve).
     nu_pre, nu_post : int, optional
         Override ``nu`` for one side. Equal values give a symmetric ``B`` (as PCG
         requires); ``nu_pre = nu_post = 0`` is refused (``B = P Ac^-1 P^T`` would be
@@ -168,7 +169,8 @@ class TwoGrid:
         safe, see :func:`~nlss_fenicsx.relaxation.jacobi_weight`; an explicit unsafe value
         is refused).
     lam_max : float, optional
-        Known estimate of ``lambda_max(D^-1 A)`` (otherwise 12 Lanczos steps estimate it).
+        Known estimate of ``lambda_max(D^-1 A)`` (of ``lambda_max(M^-1 A)``, M = ICC(0),
+        for ``icc``); otherwise Lanczos estimates it.
     seed : int, optional
         Selects the Lanczos start vector.
 
@@ -208,12 +210,12 @@ class TwoGrid:
     True
     """
 
-    def __init__(self, A, P, *, smoother: str = "jacobi", nu: int = 5,
+    def __init__(self, A, P, *, smoother: str = "jacobi", nu: int | None = None,
                  nu_pre: int | None = None, nu_post: int | None = None, omega="auto",
                  lam_max: float | None = None, seed: int = 0):
         A = matrix_entries(A, csr=True)
         n = A.shape[0]
-        nu = check_int("nu", nu, 0)
+        nu = check_int("nu", DEFAULT_NU.get(smoother, 5) if nu is None else nu, 0)
         self.nu_pre = check_int("nu_pre", nu if nu_pre is None else nu_pre, 0)
         self.nu_post = check_int("nu_post", nu if nu_post is None else nu_post, 0)
         if self.nu_pre == self.nu_post == 0:

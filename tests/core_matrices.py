@@ -71,15 +71,41 @@ def lambda_max_dinv_a(A) -> float:
     return float(np.linalg.eigvalsh(s[:, None] * A * s[None, :]).max())
 
 
+def dense_ic0(A, shift: float = 0.0) -> np.ndarray:
+    """Gold ICC(0) factor of A + shift diag(A): right-looking (k, i, j) elimination on dense
+    arrays, every update outside the pattern of A dropped (Saad, Algorithm 10.1, symmetric)."""
+    A = A.toarray() if sp.issparse(A) else np.array(A, dtype=float)
+    pattern = A != 0
+    W = np.tril(A + shift * np.diag(np.diag(A)))
+    n = A.shape[0]
+    for k in range(n):
+        W[k, k] = np.sqrt(W[k, k])
+        below = np.flatnonzero(pattern[k + 1:, k]) + k + 1
+        W[below, k] /= W[k, k]
+        for j in below:
+            rows = below[below >= j]
+            keep = rows[pattern[rows, j]]
+            W[keep, j] -= W[keep, k] * W[j, k]
+    return W
+
+
 def dense_smoother(A, kind: str, nu: int, *, omega: float | None = None,
-                   interval: tuple[float, float] | None = None) -> np.ndarray:
+                   interval: tuple[float, float] | None = None,
+                   shift: float = 0.0) -> np.ndarray:
     """Gold iteration matrix G of ``nu`` sweeps (error e -> G e), from the textbook formulas:
     Jacobi (I - omega D^-1 A)^nu; symmetric SOR ((I - (D/w + U)^-1 A)(I - (D/w + L)^-1 A))^nu;
-    Chebyshev p(D^-1 A) with p(t) = T_nu((theta - t) / delta) / T_nu(theta / delta)."""
+    Chebyshev p(D^-1 A) with p(t) = T_nu((theta - t) / delta) / T_nu(theta / delta);
+    icc: the same p of M^-1 A, M = L L^T from dense_ic0 (of A + shift diag(A))."""
     A = A.toarray() if sp.issparse(A) else np.asarray(A, dtype=float)
     n = A.shape[0]
     I = np.eye(n)
     d = np.diag(A)
+    if kind == "icc":
+        L = dense_ic0(A, shift)
+        Li = np.linalg.inv(L)
+        lam, V = np.linalg.eigh(Li @ A @ Li.T)
+        # M^-1 A = L^-T (L^-1 A L^-T) L^T, so p(M^-1 A) = L^-T V p(lam) V^T L^T.
+        return (Li.T @ V * _cheb(lam, nu, interval)) @ (V.T @ L.T)
     if kind == "jacobi":
         return np.linalg.matrix_power(I - omega * A / d[:, None], nu)
     if kind == "sor":
@@ -87,15 +113,20 @@ def dense_smoother(A, kind: str, nu: int, *, omega: float | None = None,
         fwd = I - np.linalg.solve(D / omega + np.tril(A, -1), A)
         bwd = I - np.linalg.solve(D / omega + np.triu(A, 1), A)
         return np.linalg.matrix_power(bwd @ fwd, nu)
-    lo, hi = interval
-    theta, delta = 0.5 * (hi + lo), 0.5 * (hi - lo)
     s = 1.0 / np.sqrt(d)
     lam, V = np.linalg.eigh(s[:, None] * A * s[None, :])
-    coef = np.zeros(nu + 1)
-    coef[nu] = 1.0
-    p = npcheb.chebval((theta - lam) / delta, coef) / npcheb.chebval(theta / delta, coef)
+    p = _cheb(lam, nu, interval)
     # D^-1 A = D^-1/2 V lam V^T D^1/2, so p(D^-1 A) = D^-1/2 V p(lam) V^T D^1/2.
     return (s[:, None] * V * p) @ (V.T / s[None, :])
+
+
+def _cheb(lam, nu: int, interval) -> np.ndarray:
+    """p(lam) = T_nu((theta - lam) / delta) / T_nu(theta / delta) on interval (lo, hi)."""
+    lo, hi = interval
+    theta, delta = 0.5 * (hi + lo), 0.5 * (hi - lo)
+    coef = np.zeros(nu + 1)
+    coef[nu] = 1.0
+    return npcheb.chebval((theta - lam) / delta, coef) / npcheb.chebval(theta / delta, coef)
 
 
 def dense_twogrid(A, P, G_pre: np.ndarray, G_post: np.ndarray) -> np.ndarray:

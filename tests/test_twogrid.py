@@ -332,3 +332,60 @@ def test_check_coarse_spd_against_dense_cholesky():
                        (np.eye(2) * 1j, "real Ac")):
         with pytest.raises(ValueError, match=match):
             check_coarse_spd(bad)
+
+
+# ------------------------------------------------------------------ the icc smoother
+
+
+def _extreme_eigenvalues_of_ba(A, tg) -> tuple[float, float]:
+    """Smallest and largest eigenvalue of B A (self-adjoint in the A inner product), by
+    Lanczos on the pencil (A B A, A): B is SPD iff the smallest is positive."""
+    lu = spla.splu(A.tocsc())
+    op = spla.LinearOperator(A.shape, matvec=lambda v: A @ tg.apply(A @ v))
+    a_inv = spla.LinearOperator(A.shape, matvec=lu.solve)
+    return tuple(spla.eigsh(op, k=1, M=A, Minv=a_inv, which=w, tol=1e-4,
+                            return_eigenvectors=False)[0] for w in ("SA", "LA"))
+
+
+def test_icc_two_level_is_spd_where_undamped_icc_is_indefinite():
+    """Anisotropic, N = 128: lambda_max(M^-1 A) = 2.64 for M = ICC(0), so undamped ICC(0)
+    (Richardson weight 1 = Chebyshev degree 1 on [0.1, 1.1] x 1/0.6) makes the two-level
+    operator indefinite (CG would report convergence to a wrong answer); the icc smoother's
+    estimated interval keeps it SPD with B A's spectrum in (0, 1]."""
+    from nlss_fenicsx.spectral import sine_basis
+
+    N = 128
+    pts = grid.jittered_points(N, seed=101)
+    tri = grid.delaunay_triangles(pts)
+    coef = grid.coefficient_draws("anisotropic", "default", len(tri), np.random.default_rng(101))
+    A = grid.assemble_p1("anisotropic", pts, tri, coef, boundary=grid.boundary_mask(N)).A
+    P = sine_basis(N, 16)
+    tg = TwoGrid(A, P, smoother="icc", nu=1)
+    assert tg.smoother.lam_max > 2.4 and tg.smoother.M.shift == 0.0
+    lo, hi = _extreme_eigenvalues_of_ba(A, tg)
+    assert 0.0 < lo and hi < 1.0 + 1e-6
+    undamped = TwoGrid(A, P, smoother="icc", nu=1, lam_max=1 / 0.6, seed=0)
+    assert abs(2.0 / sum(undamped.smoother.interval) - 1.0) < 1e-12  # weight 1
+    assert _extreme_eigenvalues_of_ba(A, undamped)[0] < -1.0
+
+
+@pytest.mark.parametrize("family", grid.FAMILIES)
+@pytest.mark.parametrize("nu", [1, 2])
+def test_icc_twogrid_equals_the_dense_formula_on_the_paper_families(family, nu):
+    N = 10
+    pts = grid.jittered_points(N, seed=4)
+    tri = grid.delaunay_triangles(pts)
+    coef = grid.coefficient_draws(family, "default", len(tri), np.random.default_rng(4))
+    A = grid.assemble_p1(family, pts, tri, coef, boundary=grid.boundary_mask(N)).A
+    P = np.linalg.qr(np.random.default_rng(0).standard_normal((A.shape[0], 8)))[0]
+    tg = TwoGrid(A, P, smoother="icc", nu=nu)
+    B = tg.as_dense()
+    assert rel(B, _dense_reference(tg)) < 1e-9
+    _assert_spd(B)
+
+
+def test_icc_default_degree_is_one():
+    A = laplacian(5)
+    P = np.eye(A.shape[0])[:, ::4]
+    assert TwoGrid(A, P, smoother="icc").nu_pre == 1
+    assert TwoGrid(A, P).nu_pre == 5
