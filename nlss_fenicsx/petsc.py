@@ -118,6 +118,9 @@ class TwoGridPC:
         Given smoothed vectors (this rank's rows); the basis is then built from them.
     options : TwoGridOptions, optional
         Used instead of the PETSc options database.
+    reference : scipy.sparse matrix, shape (n_local, n), optional
+        For ``eig-ref`` only: this rank's rows (dof order) of the reference operator, e.g.
+        the family's mean-coefficient matrix (default: the Laplacian of A's graph).
 
     Attributes
     ----------
@@ -136,8 +139,9 @@ class TwoGridPC:
         The estimate of ``lambda_max(D^-1 A)`` (None when nothing needed it).
     """
 
-    def __init__(self, *, P=None, S=None, options: TwoGridOptions | None = None):
+    def __init__(self, *, P=None, S=None, options: TwoGridOptions | None = None, reference=None):
         self._given_P, self._given_S, self._given_options = P, S, options
+        self._reference = reference
         self.options: TwoGridOptions | None = options
         self._options_error: ValueError | None = None
         self._mg_user: dict = {}
@@ -212,6 +216,8 @@ class TwoGridPC:
         lo, hi = A.getOwnershipRange()
         order = la.node_order_of(A)
         opts = self._resolve_options(pc, A, comm, order)
+        la.raise_collectively(comm, None if self._reference is None or opts.coarse == "eig-ref"
+                              else ValueError(f"reference= is for eig-ref, not {opts.coarse}"))
         self._release()
         self.timings = {}
         t0 = time.perf_counter()
@@ -228,9 +234,9 @@ class TwoGridPC:
 
             P = coarse_basis(opts.coarse, A_local, r=opts.r, S=S, model=self._model,
                              node_order=order, near_nullspace=la.near_nullspace_rows(A),
-                             basis_file=opts.basis, comm=comm if comm.size > 1 else None,
-                             seed=opts.seed, timings=self.timings,
-                             block_size=A.getBlockSize())
+                             basis_file=opts.basis, reference=self._reference,
+                             comm=comm if comm.size > 1 else None, seed=opts.seed,
+                             timings=self.timings, block_size=A.getBlockSize())
         t3 = time.perf_counter()
         self._build_mg(pc, A, comm, P, (lo, hi, n), opts)
         self.P, self.S = P, S

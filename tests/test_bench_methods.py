@@ -111,8 +111,10 @@ def test_scipy_path_agrees_with_the_petsc_path(system, reference, name):
 
 
 @pytest.mark.parametrize("path", ["petsc", "scipy"])
-def test_learned_method(system, reference, tiny_model, path):
-    rec = run_method(system, MethodSpec("nlss", rank=6, K=8, model=tiny_model, path=path))
+@pytest.mark.parametrize("precision", ["int8", "float32"])
+def test_learned_method(system, reference, tiny_model, path, precision):
+    rec = run_method(system, MethodSpec("nlss", rank=6, K=8, model=tiny_model, path=path,
+                                        precision=precision))
     _check(rec, system, reference)
     assert rec.coarse_size == 6 and rec.phases["inference"] > 0
 
@@ -132,6 +134,9 @@ def test_labels_and_classes():
         "twogrid", "twogrid", "twogrid", "twogrid", "oracle", "twogrid"]
     assert MethodSpec("eig").label == "eig (oracle)"
     assert MethodSpec("nlss", model="m.pt", path="scipy").label == "NLSS (SciPy)"
+    assert MethodSpec("nlss", model="m.pt", precision="float32").label == "NLSS (float32)"
+    assert MethodSpec("eig-ref", reference="family").label == "eig-ref (mean coefficients)"
+    assert MethodSpec("eig-ref").label == "eig-ref"  # the PC's default reference
     assert MethodSpec("gamg").label == "GAMG-CG" and not MethodSpec("gamg").ranked
     assert MethodSpec("gnn", model="g.pt").coarse == "nlss"
 

@@ -91,8 +91,10 @@ def test_smoke_scalability_then_resume(tmp_path, monkeypatch):
         assert s["K"] == s["N"] and s["r"] == s["N"] // 2
         for name in SCAL_METHODS:
             m = s["methods"][name]
-            if name == "nlss" and s["N"] == 10:
-                assert "parameters" in m["not_run"]
+            if name in ("nlss", "nlss-f32") and s["N"] == 10:
+                # n = 121, K = 10, r_max = 5, hidden (32, 32): 1210*32 + 32 + 32*32 + 32
+                # + 32*605 + 605 + two LayerNorms (2*32 each) = 59,901
+                assert "the MLP (K = 10, r_max = 5) has 59,901 parameters" in m["not_run"]
                 assert "budget 'smoke' trains NLSS for N in [6, 8] only" in m["not_run"]
                 continue
             summ = m["summary"]
@@ -103,7 +105,36 @@ def test_smoke_scalability_then_resume(tmp_path, monkeypatch):
                 assert ph["end_to_end"] == pytest.approx(ph["total"] + ph["generation"])
                 assert rec["rel_residual"] < 1e-6
     assert "nlss" not in res["exponents"]  # one size only
+    nlss6 = res["sizes"][0]["methods"]
+    assert nlss6["nlss"]["method"] == "NLSS" and nlss6["nlss-f32"]["method"] == "NLSS (float32)"
+    assert nlss6["eig-ref"]["method"] == "eig-ref (mean coefficients)"
+    assert all(r["phases"]["once"] > 0 for r in nlss6["eig-ref"]["records"])
     assert set(res["exponents"]) >= {"svd", "sine", "eig-ref", "gamg", "icc", "cholesky"}
     assert all(np.isfinite(e["end_to_end"]) for e in res["exponents"].values())
     assert (tmp_path / "scalability.png").stat().st_size > 1000
-    assert "not trained:" in (tmp_path / "scalability.md").read_text()
+    text = (tmp_path / "scalability.md").read_text()
+    assert "not trained:" in text
+    assert "every instance here has its own mesh, so this run paid it for each" in text
+
+
+def test_nlss_at_n256_is_not_trained_and_says_why(monkeypatch):
+    """The N=256 MLP (K = 256, r_max = 128) is never trained here: its parameter count and
+    the memory training it needs are stated (12 bytes per parameter + the largest
+    gradient), without building it."""
+    from nlss_fenicsx.bench import machine, scalability
+    from nlss_fenicsx.bench.harness import BUDGETS
+
+    monkeypatch.setenv("NLSS_FENICSX_CACHE", "/nonexistent/cache")  # nothing cached
+    monkeypatch.setattr(machine, "machine_info", lambda: {"memory_gib": 23.5})
+    n = 257**2
+    params = n * 256 * 128 + 128 + 128 * 256 + 256 + 256 * 256 + 256 + 256 * 128 + 128 \
+        + 128 * n * 128 + n * 128 + 2 * (128 + 256 + 256 + 128)
+    out = scalability._nlss_model("diffusion", BUDGETS["standard"], 256, progress=False,
+                                  log=None)
+    assert out["parameters"] == params  # 3,247M
+    assert out["train_bytes"] == 12 * params + 4 * n * 256 * 128
+    assert out["not_trained"].startswith(f"the MLP (K = 256, r_max = 128) has "
+                                         f"{params / 1e6:,.0f}M parameters (12.1 GiB in "
+                                         "float32, about 44.4 GiB to train with BackwardAdam)")
+    assert "more than this machine's" in out["not_trained"]
+    assert 128 in BUDGETS["standard"].scal_train_N  # N = 128 fits (results/scalability/mlp_size)

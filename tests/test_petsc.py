@@ -551,3 +551,40 @@ def test_the_same_seed_is_bit_identical_here_and_in_a_fresh_process():
                                                        "PATH": "/usr/bin:/bin"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == here
+
+
+def test_eig_ref_uses_the_given_reference_operator(small_system):
+    """TwoGridPC(reference=R): P spans the lowest eigenvectors of R off its Dirichlet rows
+    (dense numpy.linalg.eigh of R's free block as the reference), not of A's pattern;
+    a reference for another coarse kind is refused in one line."""
+    from nlss_fenicsx.coarse import clear_reference_cache
+
+    A = small_system.A_csr
+    free = np.ones(A.shape[0], bool)
+    free[small_system.boundary_dofs] = False
+    rng = np.random.default_rng(0)
+    # A reference with the same pattern and Dirichlet rows but other values than A.
+    R = sp.csr_matrix(A, copy=True)
+    R.data *= 1.0 + 0.5 * rng.random(R.nnz)
+    R = (0.5 * (R + R.T)).tolil()
+    R[np.flatnonzero(~free), :] = 0.0
+    R[:, np.flatnonzero(~free)] = 0.0
+    R[np.flatnonzero(~free), np.flatnonzero(~free)] = 1.0
+    R = (R + 10 * sp.diags(free.astype(float))).tocsr()  # SPD, identity on Dirichlet rows
+    r = 5
+    w, V = np.linalg.eigh(R.toarray()[np.ix_(free, free)])
+    P_ref = np.zeros((A.shape[0], r))
+    P_ref[free] = V[:, :r]
+    clear_reference_cache()
+    ctx = npc.TwoGridPC(options=TwoGridOptions(coarse="eig-ref", r=r), reference=R)
+    _pc_for(small_system.A, ctx)
+    # Same span: the singular values of P_ref^T P are the cosines of the principal angles.
+    assert np.linalg.svd(P_ref.T @ ctx.P, compute_uv=False) == pytest.approx(np.ones(r),
+                                                                             abs=1e-8)
+    assert ctx.timings["once"] > 0  # a new reference: the eigensolve ran
+    default = npc.TwoGridPC(options=TwoGridOptions(coarse="eig-ref", r=r))
+    _pc_for(small_system.A, default)
+    assert np.linalg.svd(P_ref.T @ default.P, compute_uv=False).min() < 0.99
+    with pytest.raises(ValueError, match="reference= is for eig-ref, not svd"):
+        _pc_for(small_system.A, npc.TwoGridPC(options=TwoGridOptions(coarse="svd", r=r, K=8),
+                                              reference=R))

@@ -31,22 +31,16 @@ from pathlib import Path
 import numpy as np
 
 from nlss_fenicsx._atomic import check_destination
+from nlss_fenicsx.bench.instances import TEST_SEED, instances, run_instance
 from nlss_fenicsx.bench.methods import LEARNED, PEERS, MethodSpec, method_class
 from nlss_fenicsx.bench.progress import Progress
-from nlss_fenicsx.bench.report import (
-    frozen_heap,
-    run_one,
-    summarize,
-    write_atomic,
-    write_json,
-)
+from nlss_fenicsx.bench.report import frozen_heap, summarize, write_atomic, write_json
 from nlss_fenicsx.bench.results import SCHEMA_VERSION, load_results, require_one_rank
 from nlss_fenicsx.bench.tables import plot_bench, render_tables
 
 __all__ = ["BUDGETS", "TEST_SEED", "Budget", "energy_vs_rank", "instances", "method_plan",
            "obtain_models", "run_bench", "train_config"]
 
-TEST_SEED = 7000
 PAPER_HIDDEN = (128, 256, 256, 128)
 
 
@@ -72,7 +66,10 @@ class Budget:
         Sweeps of the "SVD of S with many sweeps" row.
     scal_N, scal_train_N : tuple of int
         Scalability sizes (paper Table 4: K = N, r = K/2), and the sizes at which NLSS is
-        trained; at the others NLSS runs only if the model cache already holds it.
+        trained (r_max = K/2); at the others NLSS runs only if the model cache already
+        holds it. N = 128 (409M parameters, about 6.3 GiB to train) fits a 24 GiB CPU
+        machine; N = 256 (3,255M parameters, about 44 GiB) does not
+        (``benchmarks/bench_mlp_size.py`` measures both).
     scal_steps, scal_instances : int
         Training steps and test instances of the scalability run.
     note : str
@@ -93,7 +90,7 @@ class Budget:
     ranks: tuple[int, ...] = (24, 36, 48, 64)
     many_sweeps: int = 300
     scal_N: tuple[int, ...] = (16, 32, 48, 64, 80, 128, 256)
-    scal_train_N: tuple[int, ...] = (16, 32, 48, 64, 80)
+    scal_train_N: tuple[int, ...] = (16, 32, 48, 64, 80, 128)
     scal_steps: int = 300
     scal_instances: int = 10
     gnn_instances: int | None = None  # the GNN's forward pass is seconds at width 488 on a CPU
@@ -177,8 +174,10 @@ def obtain_models(pde: str, budget: Budget, *, which=LEARNED, progress=True,
 def method_plan(ranks, models: dict, budget: Budget) -> dict[str, MethodSpec]:
     """``{key: MethodSpec}`` in run order (keys as in :mod:`nlss_fenicsx.bench.results`).
 
-    Per rank: the learned methods present in ``models``, SVD (10 and ``many_sweeps``
-    sweeps), sine, eig-ref, the eig oracle, then the SciPy rows (NLSS, SVD); then SA-AMG
+    Per rank: the learned methods present in ``models`` (NLSS with int8 inference, the
+    PC's default, and ``nlss-f32``: the same model in float32), SVD (10 and
+    ``many_sweeps`` sweeps), sine, eig-ref (reference: the family's mean-coefficient matrix
+    on the instance's mesh), the eig oracle, then the SciPy rows (NLSS, SVD); then SA-AMG
     (PETSc and SciPy paths) and the peers.
     """
     def spec(name, r=None, **kw):
@@ -189,10 +188,14 @@ def method_plan(ranks, models: dict, budget: Budget) -> dict[str, MethodSpec]:
         for name in LEARNED:
             if name in models:
                 plan[f"{name}@{r}"] = spec(name, r, model=models[name]["path"])
+            if name == "nlss" and name in models:
+                plan[f"nlss-f32@{r}"] = spec(name, r, model=models[name]["path"],
+                                             precision="float32")
         plan[f"svd@{r}"] = spec("svd", r)
         plan[f"svd-s{budget.many_sweeps}@{r}"] = spec("svd", r, sweeps=budget.many_sweeps)
-        for name in ("sine", "eig-ref", "eig"):
-            plan[f"{name}@{r}"] = spec(name, r)
+        plan[f"sine@{r}"] = spec("sine", r)
+        plan[f"eig-ref@{r}"] = spec("eig-ref", r, reference="family")
+        plan[f"eig@{r}"] = spec("eig", r)
         if "nlss" in models:
             plan[f"nlss-scipy@{r}"] = spec("nlss", r, path="scipy", model=models["nlss"]["path"])
         plan[f"svd-scipy@{r}"] = spec("svd", r, path="scipy")
@@ -210,23 +213,6 @@ def _label(spec: MethodSpec, budget: Budget, models: dict) -> str:
         label += f" (width {g['width']}, {g['steps']} steps"
         label += f", {budget.gnn_instances} instances)" if budget.gnn_instances else ")"
     return label
-
-
-def instances(pde: str, N: int, count: int, preset="default"):
-    """Generate ``count`` assembled test instances (seeds ``TEST_SEED + i``).
-
-    Returns ``(systems, seconds)``: the :class:`~nlss_fenicsx.pdes.System` of each and the
-    time each took to generate (Gmsh mesh, coefficient draw, assembly).
-    """
-    from nlss_fenicsx import meshes, pdes
-
-    systems, gen = [], []
-    for i in range(count):
-        t0 = time.perf_counter()
-        mesh = meshes.jittered_square(N, seed=TEST_SEED + i)
-        systems.append(pdes.assemble(pdes.sample(pde, mesh, rng=TEST_SEED + i, preset=preset)))
-        gen.append(time.perf_counter() - t0)
-    return systems, gen
 
 
 def energy_vs_rank(systems, models: dict, budget: Budget, ranks) -> dict:
@@ -350,10 +336,12 @@ def run_bench(pde: str, budget: Budget | str, out: str | Path, *, ranks=None,
                   enabled=progress) as bar, frozen_heap():
         for key, spec in todo.items():
             gc.collect()  # between methods, not inside a timed solve (see run_one)
-            run_one(systems[0], replace(spec, seed=TEST_SEED))  # warm-up, not recorded
+            run_instance(systems[0], replace(spec, seed=TEST_SEED), pde=pde, N=budget.N,
+                         index=0)  # warm-up, not recorded
             records = []
             for i, system in enumerate(subset(spec)):
-                records.append(run_one(system, replace(spec, seed=TEST_SEED + i)))
+                records.append(run_instance(system, replace(spec, seed=TEST_SEED + i), pde=pde,
+                                            N=budget.N, index=i))
                 bar.update(note=key)
             res["methods"][key] = {"method": _label(spec, budget, res["models"]),
                                    "name": spec.name, "class": method_class(spec.name),

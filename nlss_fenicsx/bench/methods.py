@@ -31,8 +31,8 @@ import numpy as np
 
 from nlss_fenicsx._fenicsx import PETSc
 
-__all__ = ["LEARNED", "PEERS", "TWOGRID", "MethodSpec", "Record", "method_class",
-           "run_method"]
+__all__ = ["LEARNED", "PEERS", "REFERENCES", "TWOGRID", "MethodSpec", "Record",
+           "method_class", "run_method"]
 
 LEARNED = ("nlss", "subspace", "gnn")
 TWOGRID = (*LEARNED, "svd", "sa", "sine", "eig-ref", "eig", "fixed")
@@ -43,6 +43,7 @@ _TWOGRID_LABELS = {"nlss": "NLSS", "subspace": "Subspace", "gnn": "GNN", "svd": 
                    "sa": "SA-AMG", "sine": "sine", "eig-ref": "eig-ref",
                    "eig": "eig (oracle)", "fixed": "fixed basis"}
 _PAPER_SWEEPS = 10
+REFERENCES = ("pattern", "family")  # eig-ref's reference operator
 
 
 def method_class(name: str) -> str:
@@ -97,6 +98,11 @@ class MethodSpec:
         Inference weights of an MLP model, ``"int8"`` or ``"float32"``.
     basis : str or None
         Basis file of the ``fixed`` coarse space.
+    reference : str
+        eig-ref's reference operator: ``"pattern"`` (the graph Laplacian of A's pattern,
+        the PC's default) or ``"family"`` (the family's mean-coefficient matrix on the
+        instance's mesh, given to :func:`run_method` as ``reference=``; see
+        :func:`nlss_fenicsx.bench.instances.family_reference`).
     """
 
     name: str
@@ -113,6 +119,7 @@ class MethodSpec:
     maxiter: int = 10000
     precision: str = "int8"
     basis: str | None = None
+    reference: str = "pattern"
 
     def __post_init__(self):
         method_class(self.name)  # validates the name
@@ -120,6 +127,9 @@ class MethodSpec:
             raise ValueError(f"Unrecognized path {self.path!r}; expected 'petsc' or 'scipy'")
         if self.name in LEARNED and not self.model:
             raise ValueError(f"method {self.name!r} needs model=PATH (a trained checkpoint)")
+        if self.reference not in REFERENCES:
+            raise ValueError(f"Unrecognized reference {self.reference!r}; expected one of "
+                             f"{REFERENCES}")
         if self.name == "fixed" and not self.basis:
             raise ValueError("method 'fixed' needs basis=PATH (a basis file written by "
                              "`nlss-fenicsx basis`)")
@@ -136,12 +146,16 @@ class MethodSpec:
 
     @property
     def label(self) -> str:
-        """Display name, e.g. ``SVD``, ``SVD (300 sweeps)``, ``NLSS (SciPy)``."""
+        """Display name, e.g. ``SVD``, ``SVD (300 sweeps)``, ``NLSS (float32) (SciPy)``."""
         if self.name in PEERS:
             return _PEER_LABELS[self.name]
         label = _TWOGRID_LABELS[self.name]
         if self.sweeps != _PAPER_SWEEPS and self.name == "svd":
             label += f" ({self.sweeps} sweeps)"
+        if self.name in ("nlss", "subspace") and self.precision != "int8":
+            label += f" ({self.precision})"
+        if self.name == "eig-ref" and self.reference == "family":
+            label += " (mean coefficients)"
         return label + (" (SciPy)" if self.path == "scipy" else "")
 
 
@@ -268,7 +282,7 @@ def _twogrid_petsc(system, spec: MethodSpec, history: bool, given: dict) -> Reco
 _NEEDS_S = ("svd", "nlss")  # the kinds built from the smoothed vectors S
 
 
-def _twogrid_scipy(system, spec: MethodSpec, history: bool) -> Record:
+def _twogrid_scipy(system, spec: MethodSpec, history: bool, reference=None) -> Record:
     from nlss_fenicsx.coarse import coarse_basis
     from nlss_fenicsx.smoothing import smoothed_vectors
     from nlss_fenicsx.twogrid import TwoGrid, pcg
@@ -287,7 +301,8 @@ def _twogrid_scipy(system, spec: MethodSpec, history: bool) -> Record:
     t1 = time.perf_counter()
     timings: dict = {}
     P = coarse_basis(spec.coarse, A, r=spec.rank, S=S, model=model,
-                     node_order=system.grid_order, seed=spec.seed, timings=timings)
+                     node_order=system.grid_order, reference=reference, seed=spec.seed,
+                     timings=timings)
     t2 = time.perf_counter()
     tg = TwoGrid(A, P, smoother=spec.smoother, nu=spec.nu, omega=spec.omega)
     t3 = time.perf_counter()
@@ -379,7 +394,18 @@ def _check_input(system, spec: MethodSpec, comm) -> None:
                          "or run without mpiexec")
 
 
-def run_method(system, spec: MethodSpec, *, history: bool = False, **given) -> Record:
+def _check_reference(spec: MethodSpec, reference) -> None:
+    if reference is not None and spec.name != "eig-ref":
+        raise ValueError(f"reference= applies to eig-ref only, got method {spec.name!r}")
+    if spec.name == "eig-ref" and (spec.reference == "family") != (reference is not None):
+        raise ValueError("eig-ref with reference='family' needs reference= (the family's "
+                         "mean-coefficient matrix in dof order, bench.instances.family_reference)"
+                         if reference is None else "reference= given to eig-ref with "
+                         "reference='pattern'; use MethodSpec(reference='family')")
+
+
+def run_method(system, spec: MethodSpec, *, history: bool = False, reference=None,
+               **given) -> Record:
     """Solve ``system`` with ``spec`` and time each phase.
 
     Runs on the communicator of ``system.A``: the PETSc path and the PETSc peers
@@ -394,6 +420,12 @@ def run_method(system, spec: MethodSpec, *, history: bool = False, **given) -> R
         The method and its settings.
     history : bool
         Record the relative residual of every iteration in ``Record.history``.
+    reference : scipy.sparse matrix, shape (n_local, n), optional
+        eig-ref's reference operator (this rank's rows, dof order), required with
+        ``spec.reference == "family"``
+        (:func:`nlss_fenicsx.bench.instances.family_reference`) and refused otherwise.
+        The eigensolve is cached per mesh; its seconds are ``phases["once"]``, not in
+        ``total`` (call :func:`nlss_fenicsx.coarse.clear_reference_cache` first to time it).
     **given
         ``P=`` (this rank's rows, n_local x r) or ``S=`` (n_local x K) passed through to
         :class:`~nlss_fenicsx.petsc.TwoGridPC` (PETSc path only).
@@ -416,10 +448,13 @@ def run_method(system, spec: MethodSpec, *, history: bool = False, **given) -> R
     """
     comm = system.A.getComm().tompi4py()
     _check_input(system, spec, comm)
+    _check_reference(spec, reference)
     if spec.name in PEERS:
         return _peer(system, spec, history, comm.size > 1)
     if spec.path == "scipy":
         if given:
             raise ValueError(f"P= and S= apply to the PETSc path only, got {sorted(given)}")
-        return _twogrid_scipy(system, spec, history)
+        return _twogrid_scipy(system, spec, history, reference)
+    if reference is not None:
+        given["reference"] = reference
     return _twogrid_petsc(system, spec, history, given)
