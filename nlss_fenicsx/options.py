@@ -15,10 +15,13 @@ option              default  meaning                                            
 ``nlss_rank``       48       coarse rank ``r`` (dimension of ``P``)             all but sa
 ``nlss_K``          72       number of smoothed vectors                         svd, nlss
 ``nlss_sweeps``     10       Jacobi sweeps that smooth the ``K`` vectors        svd, nlss
-``nlss_nu``         5        pre- and post-smoothing sweeps of the cycle        all
+``nlss_nu``         5 (1)    pre- and post-smoothing sweeps of the cycle (the   all
+                             polynomial degree for ``chebyshev`` and ``icc``;
+                             the default is 1 for ``icc``)
 ``nlss_omega``      auto     Jacobi weight: ``auto`` (0.66 where safe) or > 0   all
 ``nlss_smoother``   jacobi   level smoother ``jacobi`` | ``chebyshev`` |        all
-                             ``sor``
+                             ``sor`` | ``icc`` (Chebyshev on ICC(0), see
+                             :mod:`nlss_fenicsx.relaxation`)
 ``nlss_seed``       0        seed of the random vectors                         all
 ``nlss_precision``  int8     the MLP's inference weights ``int8`` | float32     nlss
 ``nlss_basis``               basis file (``nlss-fenicsx basis``)                fixed
@@ -39,6 +42,7 @@ from typing import Any
 
 __all__ = [
     "COARSE_KINDS",
+    "DEFAULT_NU",
     "MG_OPTIONS",
     "OPTION_NAMES",
     "PRECISIONS",
@@ -52,7 +56,9 @@ __all__ = [
 ]
 
 COARSE_KINDS = ("svd", "sa", "sine", "eig-ref", "eig", "fixed", "nlss")
-SMOOTHERS = ("jacobi", "chebyshev", "sor")
+SMOOTHERS = ("jacobi", "chebyshev", "sor", "icc")
+# nlss_nu when not given (the same rule as relaxation.DEFAULT_NU; this module needs no SciPy).
+DEFAULT_NU = {"jacobi": 5, "chebyshev": 5, "sor": 5, "icc": 1}
 PRECISIONS = ("int8", "float32")
 
 # field -> option name (the coarse rank is the field r, the option nlss_rank).
@@ -139,9 +145,10 @@ class TwoGridOptions:
         Number of smoothed vectors, ``K >= r`` for ``svd`` and ``nlss``.
     sweeps : int
         Jacobi sweeps that smooth ``S`` (``>= 0``).
-    nu : int
+    nu : int or None
         Pre- and post-smoothing sweeps of the cycle (``>= 1``: with 0 the two-grid
-        operator is singular).
+        operator is singular); None: :data:`DEFAULT_NU` of the smoother (5, or 1 for
+        ``icc``).
     omega : float or 'auto'
         Jacobi weight of the cycle and of the smoothing of ``S``; ``'auto'`` takes 0.66
         (the paper's) where it is safe for the estimated ``lambda_max(D^-1 A)``.
@@ -183,7 +190,7 @@ class TwoGridOptions:
     r: int = 48
     K: int = 72
     sweeps: int = 10
-    nu: int = 5
+    nu: int | None = None
     omega: float | str = "auto"
     smoother: str = "jacobi"
     seed: int = 0
@@ -197,6 +204,8 @@ class TwoGridOptions:
         set_ = object.__setattr__  # frozen: normalise in place once
         for name in ("coarse", "smoother", "precision"):
             set_(self, name, _choice(name, getattr(self, name)))
+        if self.nu is None:
+            set_(self, "nu", DEFAULT_NU[self.smoother])
         for name, minimum in _MINIMUM.items():
             set_(self, name, _integer(name, getattr(self, name), minimum))
         for name in ("model", "pde", "basis"):
@@ -406,17 +415,18 @@ def mg_defaults(smoother: str, nu: int, *, omega: float | None = None,
 
     Parameters
     ----------
-    smoother : {"jacobi", "chebyshev", "sor"}
+    smoother : {"jacobi", "chebyshev", "sor", "icc"}
         ``jacobi``: Richardson scaled by ``omega`` + PCJACOBI; ``chebyshev``: KSPCHEBYSHEV
         on ``interval`` of ``D^-1 A`` + PCJACOBI (no eigenvalue estimate of its own);
         ``sor``: Richardson + local symmetric SOR with weight ``omega`` (symmetric SOR on
-        one rank).
+        one rank); ``icc``: KSPCHEBYSHEV on ``interval`` of ``M^-1 A`` + PCICC (ICC(0),
+        PETSc's positive-definite shift; block Jacobi with ICC(0) per rank in parallel).
     nu : int
         Sweeps (the level KSP's iterations), before and after the coarse correction.
     omega : float, optional
         Weight for ``jacobi`` and ``sor``.
     interval : (float, float), optional
-        ``(lo, hi)`` for ``chebyshev``.
+        ``(lo, hi)`` for ``chebyshev`` and ``icc``.
     parallel : bool
         Coarse solve redundant (a Cholesky on every rank) instead of plain Cholesky.
     singular : bool
@@ -438,11 +448,15 @@ def mg_defaults(smoother: str, nu: int, *, omega: float | None = None,
     if smoother == "jacobi":
         levels.update(mg_levels_ksp_type="richardson", mg_levels_pc_type="jacobi",
                       mg_levels_ksp_richardson_scale=repr(float(omega)))
-    elif smoother == "chebyshev":
+    elif smoother in ("chebyshev", "icc"):
         lo, hi = interval
         levels.update(mg_levels_ksp_type="chebyshev", mg_levels_pc_type="jacobi",
                       mg_levels_ksp_chebyshev_eigenvalues=f"{lo!r},{hi!r}",
                       mg_levels_ksp_chebyshev_esteig_steps="0")
+        if smoother == "icc" and parallel:
+            levels.update(mg_levels_pc_type="bjacobi", mg_levels_sub_pc_type="icc")
+        elif smoother == "icc":
+            levels["mg_levels_pc_type"] = "icc"
     else:
         levels.update(mg_levels_ksp_type="richardson", mg_levels_pc_type="sor",
                       mg_levels_ksp_richardson_scale="1.0",

@@ -27,7 +27,9 @@ Set-up (collective; any rank's failure is the same error on every rank):
 5. ``Ac = P^T A P`` checked by :func:`nlss_fenicsx.twogrid.check_coarse_spd`;
 6. a native two-level ``PCMG``: ``P`` is the interpolation, the coarse operator is ``Ac``,
    the level smoother ``nu`` sweeps of Richardson + Jacobi (``jacobi``), Chebyshev + Jacobi
-   (``chebyshev``) or Richardson + symmetric SOR (``sor``), the coarse level a Cholesky
+   (``chebyshev``), Richardson + symmetric SOR (``sor``) or Chebyshev + ICC(0) (``icc``: ICC(0)
+   factored once, its interval from a CG-Lanczos estimate of ``lambda_max(M^-1 A)``, see
+   :mod:`nlss_fenicsx.levels`), the coarse level a Cholesky
    solve (redundant in parallel). Options under ``<prefix>nlss_mg_`` are the user's for
    this inner PCMG: ``mg_levels_*``, ``mg_coarse_*``, ``pc_mg_cycle_type``,
    ``pc_mg_multiplicative_cycles``, ``pc_mg_distinct_smoothup`` and ``pc_mg_log`` are
@@ -49,7 +51,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from nlss_fenicsx import la, options, relaxation
+from nlss_fenicsx import la, levels, options, relaxation
 from nlss_fenicsx._fenicsx import PETSc
 from nlss_fenicsx.la import (  # noqa: F401 - re-exported: the names the README uses
     attach_grid_order,
@@ -70,11 +72,6 @@ __all__ = [
     "converged_reason_name",
     "python_errors",
 ]
-
-# Dense check of Ac (gathered to every rank) up to this size; above it (sa on large
-# problems) symmetry is checked in PETSc and the factorisation reports the rest.
-DENSE_CHECK_MAX = 2000
-
 
 class OptionNotUsedWarning(UserWarning):
     """An ``nlss_*`` option was given that the chosen coarse space does not use."""
@@ -127,7 +124,8 @@ class TwoGridPC:
     options : TwoGridOptions
         The settings of the last set-up (after the checkpoint merge and any clipping).
     timings : dict
-        Seconds of the last set-up: ``estimate`` (lambda_max), ``smoothing`` (S),
+        Seconds of the last set-up: ``estimate`` (lambda_max; for ``icc`` also the ICC(0)
+        factorisation), ``smoothing`` (S),
         ``inference`` (P) and ``setup`` (Ac, its check and the PCMG).
     P : numpy.ndarray or scipy.sparse matrix
         This rank's rows of the coarse basis of the last set-up.
@@ -136,7 +134,8 @@ class TwoGridPC:
     omega, omega_reason : float or None, str
         The level smoother's weight and why (one line; also shown by ``-ksp_view``).
     lam_max : float or None
-        The estimate of ``lambda_max(D^-1 A)`` (None when nothing needed it).
+        The estimate of ``lambda_max(D^-1 A)`` (of ``lambda_max(M^-1 A)``, M = ICC(0), for
+        ``nlss_smoother icc``; None when nothing needed it).
     """
 
     def __init__(self, *, P=None, S=None, options: TwoGridOptions | None = None, reference=None):
@@ -147,7 +146,7 @@ class TwoGridPC:
         self._mg_user: dict = {}
         self.timings: dict[str, float] = {}
         self.P = self.S = None
-        self.inner = self._P_mat = self._Ac = None
+        self.inner = self._P_mat = self._Ac = self._icc = None
         self.coarse_size = 0
         self.lam_max: float | None = None
         self.omega: float | None = None
@@ -315,6 +314,10 @@ class TwoGridPC:
         needs_lam = opts.smoother in ("jacobi", "chebyshev") or (needs_S and model_w is None)
         if needs_lam:
             self.lam_max = la.lambda_max_petsc(A, seed=opts.seed, node_order=order)
+        lam_S = self.lam_max
+        if opts.smoother == "icc":  # ICC(0) factored once: for its estimate and for PCMG
+            self._icc = levels.icc_preconditioner(A)
+            self.lam_max = levels.lambda_max_pc(A, self._icc, seed=opts.seed, node_order=order)
         with la.collective(comm):
             if opts.smoother == "jacobi":
                 self.omega, self.omega_reason = relaxation.jacobi_weight(opts.omega,
@@ -323,20 +326,20 @@ class TwoGridPC:
                 self.omega, self.omega_reason = relaxation.sor_weight(opts.omega)
             else:
                 if opts.omega != "auto":
-                    raise ValueError(f"nlss_omega {opts.omega}: the chebyshev smoother takes "
-                                     "its weights from its interval; leave nlss_omega out "
-                                     "(or auto)")
+                    raise ValueError(f"nlss_omega {opts.omega}: the {opts.smoother} smoother "
+                                     "takes its weights from its interval; leave nlss_omega "
+                                     "out (or auto)")
                 self._interval = relaxation.chebyshev_interval(self.lam_max)
                 lo, hi = self._interval
+                of = "M^-1 A), M = ICC(0)" if opts.smoother == "icc" else "D^-1 A)"
                 self.omega_reason = (f"Chebyshev on [{lo:.4g}, {hi:.4g}] from "
-                                     f"lambda_max(D^-1 A) ~ {self.lam_max:.4g}")
+                                     f"lambda_max({of} ~ {self.lam_max:.4g}")
             if not needs_S:
                 return None
             if model_w is not None:
                 return model_w
             jacobi_given = opts.smoother == "jacobi" and opts.omega != "auto"
-            return relaxation.jacobi_weight(opts.omega if jacobi_given else "auto",
-                                            self.lam_max)[0]
+            return relaxation.jacobi_weight(opts.omega if jacobi_given else "auto", lam_S)[0]
 
     def _smoothed(self, A, A_local, comm, opts, order, omega) -> np.ndarray:
         """Return this rank's rows of S (given, serial SciPy float32, or PETSc's)."""
@@ -355,43 +358,6 @@ class TwoGridPC:
                              f"after {opts.sweeps} Jacobi sweeps (expected a finite SPD A)")
         return S
 
-    def _check_coarse(self, comm, Ac, singular: bool) -> bool:
-        """NotSPDError (every rank) unless Ac is SPD; False where only symmetry was checked.
-
-        With a nullspace attached to A (``singular``), A is only semi-definite and so may be
-        Ac (e.g. smoothed aggregation's P contains the constant): then Ac must be symmetric
-        positive semi-definite, and the coarse solve is a pseudo-inverse (PCSVD).
-        """
-        from nlss_fenicsx.twogrid import NotSPDError, check_coarse_spd
-
-        r = Ac.getSize()[0]
-        if r <= DENSE_CHECK_MAX:
-            if Ac.getType() in (PETSc.Mat.Type.SEQDENSE, PETSc.Mat.Type.MPIDENSE):
-                rows = np.array(Ac.getDenseArray())
-            else:
-                rows = la.petsc_to_csr(Ac).toarray()
-            full = np.concatenate(comm.allgather(rows), axis=0)
-            if not singular:
-                check_coarse_spd(full)  # the same data on every rank: the same outcome
-                return True
-            lam = np.linalg.eigvalsh(0.5 * (full + full.T)) if np.isfinite(full).all() else [-1]
-            if not (np.abs(full - full.T).max() <= 1e-10 * np.abs(full).max()
-                    and lam[0] >= -1e-10 * max(lam[-1], 0.0)):
-                raise NotSPDError(f"coarse operator Ac = P^T A P ({r} x {r}) is not symmetric "
-                                  "positive semi-definite although A has a nullspace attached; "
-                                  "A must be symmetric positive semi-definite")
-            return True
-        AcT = Ac.transpose(PETSc.Mat())  # out of place
-        scale = Ac.norm(PETSc.NormType.FROBENIUS)
-        AcT.axpy(-1.0, Ac, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
-        asym = AcT.norm(PETSc.NormType.FROBENIUS)
-        AcT.destroy()
-        if not (np.isfinite(scale) and asym <= 1e-10 * scale):
-            raise NotSPDError(f"coarse operator Ac = P^T A P ({r} x {r}) is not symmetric "
-                              f"positive definite (|Ac - Ac^T|_F = {asym:.3e}, |Ac|_F = "
-                              f"{scale:.3e}); A must be SPD and P of full column rank")
-        return False
-
     def _build_mg(self, pc, A, comm, P, rows, opts: TwoGridOptions):
         lo, hi, n = rows
         prefix = (pc.getOptionsPrefix() or "") + "nlss_mg_"
@@ -406,7 +372,7 @@ class TwoGridPC:
         self._Ac = Ac = A.ptap(P_mat)
         nullspace = A.getNullSpace()
         singular = nullspace is not None and bool(nullspace.handle)
-        dense_checked = self._check_coarse(comm, Ac, singular)
+        dense_checked = levels.check_coarse(comm, Ac, singular=singular)
         mg = PETSc.PC().create(comm=comm)
         self.inner = mg
         mg.setOptionsPrefix(prefix)
@@ -417,6 +383,8 @@ class TwoGridPC:
         mg.setMGCycleType(PETSc.PC.MGCycleType.V)
         mg.setMGInterpolation(1, P_mat)
         mg.getMGCoarseSolve().setOperators(Ac, Ac)
+        if self._icc is not None:  # already factored (for the estimate): not again
+            mg.getMGSmoother(1).setPC(self._icc)
         # Ours, then the user's (captured at setFromOptions); keys already in the database
         # are the user's and stay; only what is inserted here is removed afterwards.
         wanted = {**options.mg_defaults(opts.smoother, opts.nu, omega=self.omega,
@@ -445,10 +413,10 @@ class TwoGridPC:
                                f"{name}{hint}")
 
     def _release(self):
-        for obj in (self.inner, self._P_mat, self._Ac):
+        for obj in (self.inner, self._P_mat, self._Ac, self._icc):
             if obj is not None:
                 obj.destroy()
-        self.inner = self._P_mat = self._Ac = None
+        self.inner = self._P_mat = self._Ac = self._icc = None
 
     def describe(self) -> list[str]:
         """Lines for ``-ksp_view``: coarse space, S, smoother and weight, sources of values.

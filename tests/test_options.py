@@ -52,7 +52,7 @@ def test_strings_are_parsed_and_given_is_recorded():
     ("nlss_coarse", "amg", "nlss_coarse: expected one of svd, sa, sine, eig-ref, eig, fixed, "
                            "nlss; got 'amg'"),
     ("nlss_coarse", "subspace", "nlss_coarse: expected one of"),
-    ("nlss_smoother", "gs", "nlss_smoother: expected one of jacobi, chebyshev, sor; got 'gs'"),
+    ("nlss_smoother", "gs", "nlss_smoother: expected one of jacobi, chebyshev, sor, icc; got 'gs'"),
     ("nlss_precision", "int4", "nlss_precision: expected one of int8, float32; got 'int4'"),
     ("nlss_model", "", "nlss_model: expected a non-empty string, got ''"),
     ("nlss_ranks", "4", "unknown option nlss_ranks (value '4'); expected one of nlss_coarse,"),

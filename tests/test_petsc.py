@@ -89,7 +89,7 @@ def _lu(prob):
 # ------------------------------------------------------------------ the operator
 
 
-@pytest.mark.parametrize("smoother", ["jacobi", "chebyshev", "sor"])
+@pytest.mark.parametrize("smoother", ["jacobi", "chebyshev", "sor", "icc"])
 @pytest.mark.parametrize("nu", [1, 3])
 def test_pcmg_operator_equals_scipy_twogrid(small_system, smoother, nu):
     P = svd_basis(smoothed_vectors(small_system.A_csr, 12, rng=0), 6)
