@@ -13,7 +13,10 @@ r_max=72; trained on demand if missing), on ``--instances`` test instances:
    (:func:`nlss_fenicsx.coarse.coarse_basis`);
 3. one training step at full size (random S, the NLSS loss): seconds per step and the
    memory the step adds, with the package's :class:`~nlss_fenicsx.nn.optim.BackwardAdam`
-   (Adam fused into backward) and with ``torch.optim.Adam(fused=True)``.
+   (Adam fused into backward) and with ``torch.optim.Adam(fused=True)``;
+4. the int8 calibration each model's checkpoint records (decided at the end of training):
+   which compressed copy was accepted and its largest principal angle to the float32
+   network on held-out instances.
 
 Writes ``--out``/perf.json and perf.md atomically. Usage::
 
@@ -55,6 +58,7 @@ from nlss_fenicsx.bench.machine import machine_info, machine_line  # noqa: E402
 from nlss_fenicsx.bench.methods import MethodSpec  # noqa: E402
 from nlss_fenicsx.bench.report import (  # noqa: E402
     frozen_heap,
+    plain_fields,
     run_one,
     summarize,
     write_atomic,
@@ -165,7 +169,18 @@ def training_step(budget, steps: int = 12) -> dict:
     return res
 
 
-def main() -> None:
+def calibration_line(cal: dict | None) -> str:
+    """One line on a checkpoint's int8 calibration (what runs by default, how close)."""
+    if not cal:
+        return "int8 calibration: none recorded in the checkpoint"
+    return (f"int8 calibration (end of training): {cal.get('choice')}; largest principal "
+            f"angle to the float32 network {cal.get('max_angle_deg', float('nan')):.2f} deg "
+            f"over ranks {cal.get('ranks')} on {cal.get('held_out')} held-out instances "
+            f"(full int8 copy: {cal.get('full_int8_angle_deg', float('nan')):.2f} deg)")
+
+
+def main(argv=None) -> None:
+    """Measure and write ``perf.{json,md}``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pde", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     ap.add_argument("--instances", type=int, default=15)
@@ -175,7 +190,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="BLAS and torch threads for the whole run (PETSc is serial)")
     ap.add_argument("--out", type=Path, default=Path("results/perf"))
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    from nlss_fenicsx._atomic import check_destination
+
+    args.out = check_destination(args.out, what="--out", kind="dir")  # before any work
     torch.set_num_threads(args.threads)
     budget = BUDGETS[args.budget]
     r = args.rank
@@ -186,7 +204,10 @@ def main() -> None:
              f"budget {args.budget}: N={budget.N}, K={budget.K}, r={r}, "
              f"{args.instances} instances; medians in ms", ""]
     for pde in args.pde:
+        from nlss_fenicsx.nn.inference import model_from_checkpoint
+
         path = obtain_models(pde, budget, which=("nlss",), progress=False)["nlss"]["path"]
+        calibration = plain_fields(model_from_checkpoint(path).int8_calibration)
         systems, _ = instances(pde, budget.N, args.instances)
         with frozen_heap():
             rows = solver_rows(systems, path, budget, r)
@@ -197,7 +218,7 @@ def main() -> None:
                   / rows["NLSS (float32)"]["iterations"]}
         alone = inference_alone(systems[0], path, budget.K, r)
         report["pdes"][pde] = {"rows": rows, "ratios": ratios, "inference_alone": alone,
-                               "model": path}
+                               "model": path, "int8_calibration": calibration}
         lines += [f"## {pde}", "",
                   "| method | iters | smoothing | inference | setup | solve | total |",
                   "|---|--:|--:|--:|--:|--:|--:|"]
@@ -205,12 +226,13 @@ def main() -> None:
                   f"{s['inference_ms']:.2f} | {s['setup_ms']:.2f} | {s['solve_ms']:.2f} | "
                   f"{s['total_ms']:.2f} |" for key, s in rows.items()]
         lines += ["", " ; ".join(f"{k}: {v:.2f}" for k, v in ratios.items()), "",
+                  calibration_line(calibration), "",
                   "| inference alone (one instance) | ms |", "|---|--:|"]
         lines += [f"| {k} | {t:.2f} |" for k, t in alone.items()]
         lines.append("")
         write_json(args.out / "perf.json", report)
         write_atomic(args.out / "perf.md", "\n".join(lines) + "\n")
-        print("\n".join(lines[-(len(rows) + len(alone) + 9):]), flush=True)
+        print("\n".join(lines[-(len(rows) + len(alone) + 11):]), flush=True)
     if not args.no_training_step:
         report["training_step"] = training_step(budget)
         lines += ["## Training step at full size (random input)", "",
@@ -228,4 +250,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ValueError as err:  # bad input (e.g. an --out that cannot be written): one line
+        sys.exit(f"bench_nlss.py: {err}")

@@ -12,8 +12,8 @@ import numpy as np
 
 from nlss_fenicsx._atomic import atomic_path, save_or_recover
 
-__all__ = ["PHASES", "error_line", "frozen_heap", "json_default", "run_one", "savefig_atomic",
-           "stats_ms", "summarize", "write_atomic", "write_json"]
+__all__ = ["PHASES", "error_line", "frozen_heap", "json_default", "plain_fields", "run_one",
+           "savefig_atomic", "stats_ms", "summarize", "write_atomic", "write_json"]
 
 PHASES = ("smoothing", "inference", "setup", "solve", "total")
 
@@ -118,6 +118,32 @@ def summarize(records: list[dict], phases=PHASES) -> dict:
     if out["n_failed"]:
         out["errors"] = sorted({r["error"] for r in records if "error" in r})
     return out
+
+
+_DROP = object()
+
+
+def plain_fields(obj):
+    """Keep the JSON-plain part of a nested dict: arrays, tensors, other objects left out.
+
+    For a checkpoint's int8 calibration: its decision and angles, without the stored bases.
+    A list holding anything not plain is left out whole.
+
+    Examples
+    --------
+    >>> plain_fields({"lean": True, "max_angle_deg": 1.2, "basis": object(), "r": [1, 2]})
+    {'lean': True, 'max_angle_deg': 1.2, 'r': [1, 2]}
+    """
+    def keep(v):
+        if isinstance(v, dict):
+            return {k: x for k, x in ((k, keep(x)) for k, x in v.items()) if x is not _DROP}
+        if isinstance(v, list | tuple):
+            items = [keep(x) for x in v]
+            return _DROP if any(x is _DROP for x in items) else items
+        return v if v is None or isinstance(v, bool | int | float | str) else _DROP
+
+    out = keep(obj)
+    return None if out is _DROP else out
 
 
 def json_default(obj):
