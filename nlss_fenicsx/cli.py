@@ -231,9 +231,6 @@ def _cmd_basis(args, comm) -> int:
     from nlss_fenicsx._atomic import check_destination
 
     serial_only(comm, "basis")
-    if args.kind == "nlss-family":
-        raise UsageError("--kind nlss-family is not available yet in this version; use sine "
-                         "or eig-ref")
     n = (args.N + 1) ** 2
     if args.rank >= n:
         raise UsageError(f"--rank must be < n = (N+1)^2 = {n}, got {args.rank}")
@@ -245,13 +242,25 @@ def _cmd_basis(args, comm) -> int:
     from nlss_fenicsx import coarse, grid
 
     t0 = time.perf_counter()
-    # The family's mean-coefficient operator on the mesh of --seed, in grid order (= the
-    # jittered square's node order): eig-ref's reference; sine only needs its size.
-    R = grid.reference_operator(args.pde, args.N, seed=args.seed, preset=args.preset)
-    P = coarse.coarse_basis(args.kind, R, r=args.rank, node_order=np.arange(n), reference=R)
-    meta = coarse.save_basis(out, P, meta={
-        "kind": args.kind, "family": args.pde, "preset": args.preset, "N": args.N,
-        "mesh": f"jittered unit square N={args.N} seed={args.seed}"})
+    if args.kind == "nlss-family":
+        from nlss_fenicsx.bench.progress import Progress
+        from nlss_fenicsx.family import build_family_basis
+
+        with Progress(args.instances, "nlss-family instances",
+                      enabled=not args.no_progress) as bar:
+            P, meta = build_family_basis(args.pde, args.N, args.rank,
+                                         instances=args.instances, target=args.target,
+                                         preset=args.preset, seed=1000 + args.seed,
+                                         progress=lambda done: bar.update())
+    else:
+        # The family's mean-coefficient operator on the mesh of --seed, in grid order (=
+        # the jittered square's node order): eig-ref's reference; sine only needs its size.
+        R = grid.reference_operator(args.pde, args.N, seed=args.seed, preset=args.preset)
+        P = coarse.coarse_basis(args.kind, R, r=args.rank, node_order=np.arange(n),
+                                reference=R)
+        meta = {"kind": args.kind, "family": args.pde, "preset": args.preset, "N": args.N,
+                "mesh": f"jittered unit square N={args.N} seed={args.seed}"}
+    meta = coarse.save_basis(out, P, meta=meta)
     print(f"wrote {out}: {args.kind} basis of {args.pde} on N={args.N} (n={meta['n']}, "
           f"r_max={meta['r_max']}) in {time.perf_counter() - t0:.2f} s; use it with "
           f"`solve --coarse fixed --basis {out}` or nlss_coarse fixed, nlss_basis {out}")
@@ -399,15 +408,22 @@ def build_parser() -> argparse.ArgumentParser:
              "mesh of --N and --seed, as solve makes it) and write it for `solve --coarse "
              "fixed --basis PATH` (PETSc: nlss_coarse fixed, nlss_basis PATH): sine (the "
              "grid's lowest sine modes), eig-ref (the lowest eigenvectors of the family's "
-             "mean-coefficient operator), nlss-family (the NLSS loss over one basis; not "
-             "yet available). Any r <= r_max leading columns are the basis of rank r.",
-             _cmd_basis)
+             "mean-coefficient operator), nlss-family (the minimiser of the NLSS loss over "
+             "one basis on --instances training instances, seeds 1000+seed..., in closed "
+             "form: a PCA of their --target vectors). Any r <= r_max leading columns are the "
+             "basis of rank r.", _cmd_basis)
     p.add_argument("--kind", choices=("sine", "eig-ref", "nlss-family"), required=True)
     _common(p)
     p.add_argument("--rank", type=int_at_least(1), default=72,
                    help="r_max, columns of the basis (default 72)")
     p.add_argument("--preset", choices=("default", "paper", "code"), default="default")
+    p.add_argument("--instances", type=int_at_least(1), default=32,
+                   help="nlss-family: training instances (default 32)")
+    p.add_argument("--target", choices=("eig", "smooth"), default="eig",
+                   help="nlss-family: what each instance contributes: its lowest "
+                   "eigenvectors of (A, diag A) (eig, default) or 300-sweep smoothed vectors")
     p.add_argument("--out", type=Path, default=None, help="basis file (default bases/...)")
+    p.add_argument("--no-progress", action="store_true")
     return parser
 
 

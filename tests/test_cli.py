@@ -105,7 +105,8 @@ def tiny_model(tmp_path_factory):
     (["bench", "--ranks", "0"], "argument --ranks: expected positive widths, got '0'"),
     (["basis", "--kind", "sine", "--N", "3", "--rank", "16"],
      "--rank must be < n = (N+1)^2 = 16, got 16"),
-    (["basis", "--kind", "nlss-family", "--N", "8"], "--kind nlss-family is not available yet"),
+    (["basis", "--kind", "nlss-family", "--N", "8", "--instances", "0"],
+     "argument --instances: expected an integer >= 1, got 0"),
     (["frobnicate"], "argument COMMAND: invalid choice: 'frobnicate'"),
 ])
 def test_bad_values_exit_2_with_one_line_and_leave_nothing(args, expected, tmp_path):
@@ -534,11 +535,11 @@ def test_train_on_your_own_mesh_then_solve_on_it(tmp_path):
 
 
 # ------------------------------------------------------------------ basis (17.2)
-@pytest.mark.parametrize("kind", ["sine", "eig-ref"])
+@pytest.mark.parametrize("kind", ["sine", "eig-ref", "nlss-family"])
 def test_basis_written_once_then_used_by_solve(kind, tmp_path):
     out = tmp_path / f"{kind}.npz"
     proc = cli("basis", "--kind", kind, "--pde", "diffusion", "--N", "8", "--rank", "12",
-               "--out", out, tmp_path=tmp_path)
+               "--instances", "3", "--out", out, tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and f"wrote {out}" in proc.stdout
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".nlss-tmp")] == []
