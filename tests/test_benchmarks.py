@@ -66,12 +66,17 @@ def test_bench_assembly_writes_its_table(tmp_path):
 
 def test_bench_mlp_size_measures_what_fits_and_says_what_does_not(tmp_path):
     out = tmp_path / "scal"
-    _run("bench_mlp_size.py", "--N", 6, "--steps", 2, "--out", out, tmp_path=tmp_path)
+    _run("bench_mlp_size.py", "--N", 6, "--steps", 2, "--cli-steps", 2, "--out", out,
+         tmp_path=tmp_path)
     rows = json.loads((out / "mlp_size.json").read_text())["rows"]
     assert [(r["N"], r["r_max"]) for r in rows] == [(6, 3), (6, 6)]
     for r in rows:
         assert r["parameters"] == MLPConfig(n=49, K=6, r_max=r["r_max"]).num_parameters()
         assert r["step_s"] > 0 and r["peak_rss_mib"] > 0 and r["budget_minutes"] > 0
+        # the whole command (nlss-fenicsx train) also ran, in its own process
+        assert r["cli_peak_rss_mib"] > 0 and r["cli_wall_s"] >= r["cli_overhead_s"] >= 0
+        assert r["cli_command"].startswith("nlss-fenicsx train --pde diffusion --N 6 --K 6 "
+                                           f"--rank {r['r_max']} --steps 2")
     _run("bench_mlp_size.py", "--N", 256, "--memory-fraction", 0.75, "--out", out,
          tmp_path=tmp_path)  # far too big here: nothing is built, only counted
     big = json.loads((out / "mlp_size.json").read_text())["rows"]
