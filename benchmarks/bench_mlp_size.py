@@ -100,9 +100,12 @@ def _cli_training(N: int, r_max: int, steps: int) -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     from bench_training import run  # the sibling script: one way to time the CLI
 
-    got = run(argparse.Namespace(pde="diffusion", N=N, K=N, rank=r_max, steps=steps,
-                                 hidden=",".join(map(str, HIDDEN)),
-                                 threads=int(os.environ["OMP_NUM_THREADS"]), model=None))
+    try:
+        got = run(argparse.Namespace(pde="diffusion", N=N, K=N, rank=r_max, steps=steps,
+                                     hidden=",".join(map(str, HIDDEN)),
+                                     threads=int(os.environ["OMP_NUM_THREADS"]), model=None))
+    except RuntimeError as err:  # e.g. killed for memory: recorded, the others still run
+        return {"cli_steps": steps, "cli_failed": str(err)[-300:]}
     return {"cli_steps": steps, "cli_wall_s": got["wall_s"],
             "cli_peak_rss_mib": got["peak_rss_mib"], "cli_command": got["command"]}
 
@@ -124,8 +127,9 @@ def _row(N: int, r_max: int, args, limit: float) -> dict:
     overhead = 0.0
     if args.cli_steps:
         row.update(_cli_training(N, r_max, args.cli_steps))
-        overhead = max(0.0, row["cli_wall_s"] - args.cli_steps * per)
-        row["cli_overhead_s"] = overhead
+        if "cli_wall_s" in row:
+            overhead = max(0.0, row["cli_wall_s"] - args.cli_steps * per)
+            row["cli_overhead_s"] = overhead
     row["budget_minutes"] = (overhead + args.budget_steps * per) / 60
     row["paper_code_minutes"] = (overhead + 1000 * per) / 60
     return row
@@ -138,7 +142,7 @@ def _cells(row: dict) -> list[str]:
     cli = "cli_peak_rss_mib" in row
     return [*cells, f"{row['peak_rss_mib'] / 1024:.1f}", f"{row['step_s']:.2f}",
             f"{row['data_s']:.3f}",
-            f"{row['cli_peak_rss_mib'] / 1024:.1f}" if cli else "-",
+            f"{row['cli_peak_rss_mib'] / 1024:.1f}" if cli else row.get("cli_failed", "-"),
             f"{row['cli_overhead_s']:.0f}" if cli else "-",
             f"{row['budget_minutes']:.1f}", f"{row['paper_code_minutes']:.1f}"]
 

@@ -107,7 +107,10 @@ BUDGETS = {
                        gnn_instances=10,
                        note="one 2-core CPU; MLPs get the code protocol's 1000 steps, the "
                             "GNN (width 488, seconds per training step and per inference "
-                            "here) only 12 steps and the first 10 test instances"),
+                            "here) only 12 steps and the first 10 test instances; every "
+                            "other row (the eig oracle, SVD with 300 sweeps and eig-ref, "
+                            "whose eigensolve is paid per instance here, included) runs "
+                            "all 100 instances at every rank"),
     "paper": Budget("paper", N=64, K=72, r_max=72, steps=1_000_000, hidden=PAPER_HIDDEN,
                     instances=100, gnn_width=488, gnn_layers=5, gnn_steps=1_000_000,
                     protocol="dataset", scal_steps=1000,
