@@ -17,6 +17,9 @@ benchmarks); it works on this rank's rows and is collective over ``comm``. The k
             artefact of the diagonal value, not a smooth mode)
 ``fixed``   a basis file (:func:`save_basis`) built once per family or mesh
 ``nlss``    a learned model (``nn.inference.load_model``) applied to ``S``
+``corrected`` the sine basis plus the instance's first-order homogenisation corrector
+            (:mod:`nlss_fenicsx.corrector`: two approximate solves per instance; with
+            ``model``, a learned per-node weighting of it); unit square only
 ==========  =========================================================================
 
 For every kind but ``sa`` a given near-nullspace (e.g. rigid-body modes) is appended to
@@ -67,7 +70,7 @@ __all__ = [
     "svd_basis_from_gram",
 ]
 
-COARSE_KINDS = ("svd", "sa", "sine", "eig-ref", "eig", "fixed", "nlss")
+COARSE_KINDS = ("svd", "sa", "sine", "eig-ref", "eig", "fixed", "nlss", "corrected")
 
 # eig-ref: the reference eigenvectors of the meshes met in this process.
 _REFERENCE = spectral.ReferenceCache()
@@ -178,6 +181,8 @@ def coarse_basis(kind: str, A_local, *, r: int, S=None, model=None, node_order=N
         For ``nlss``: what ``nn.inference.load_model`` returns; used on rank 0 only
         (other ranks may pass None): ``model.needs_A`` and
         ``model.basis(S_full, r, node_order=..., A=A_full_or_None) -> (n, r)``.
+        For ``corrected``: None (the classical corrector), a
+        :class:`~nlss_fenicsx.corrector.CorrectorModel` or the path of one.
     node_order : array_like of int, shape (n,), optional
         Global, on every rank: ``node_order[i]`` = global dof of input node ``i``. Needed by
         ``sine`` and ``fixed``; passed to the model by ``nlss``.
@@ -240,7 +245,8 @@ def coarse_basis(kind: str, A_local, *, r: int, S=None, model=None, node_order=N
                                  "smoothed vectors)")
             S = _local_rows("S", S, n_local)
         order = None
-        if kind in ("sine", "fixed") or (kind == "nlss" and node_order is not None):
+        if kind in ("sine", "fixed", "corrected") or (kind == "nlss"
+                                                       and node_order is not None):
             order = _node_order(node_order, n, kind)
         if reference is not None:
             reference = _local_matrix("reference", reference, n)
@@ -403,5 +409,18 @@ def _nlss(layout, A_local, *, r, S, model, order, timings, **_):
     return P
 
 
+def _corrected(layout, A_local, *, r, order, model, timings, **_):
+    from nlss_fenicsx.corrector import CorrectorModel, corrected_basis, load_corrector
+
+    A_full = layout.gather(A_local)
+
+    def build():
+        m = model if model is None or isinstance(model, CorrectorModel) else load_corrector(
+            model)
+        return corrected_basis(A_full, r, node_order=order, model=m, timings=timings)
+
+    return layout.on_root(build, "the corrected basis")
+
+
 _BUILDERS = {"svd": _svd, "sine": _sine, "eig-ref": _eig_ref, "eig": _eig, "fixed": _fixed,
-             "nlss": _nlss}
+             "nlss": _nlss, "corrected": _corrected}

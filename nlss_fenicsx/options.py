@@ -9,8 +9,10 @@ value is one ``ValueError`` naming the option, the value and what is expected.
 option              default  meaning                                            used by
 ==================  =======  =================================================  ==============
 ``nlss_coarse``     svd      ``svd`` | ``nlss`` | ``sa`` | ``sine`` |           all
-                             ``eig-ref`` | ``eig`` | ``fixed``
-``nlss_model``               checkpoint path (MLP or GNN: the file says which)  nlss
+                             ``eig-ref`` | ``eig`` | ``fixed`` |
+                             ``corrected`` (sine + homogenisation corrector)
+``nlss_model``               checkpoint path (MLP or GNN: the file says which); nlss,
+                             for corrected a corrector model (optional)         corrected
 ``nlss_pde``                 PDE family, checked against the checkpoint         nlss
 ``nlss_rank``       48       coarse rank ``r`` (dimension of ``P``)             all but sa
 ``nlss_K``          72       number of smoothed vectors                         svd, nlss
@@ -55,7 +57,7 @@ __all__ = [
     "unused_options",
 ]
 
-COARSE_KINDS = ("svd", "sa", "sine", "eig-ref", "eig", "fixed", "nlss")
+COARSE_KINDS = ("svd", "sa", "sine", "eig-ref", "eig", "fixed", "nlss", "corrected")
 SMOOTHERS = ("jacobi", "chebyshev", "sor", "icc")
 # nlss_nu when not given (the same rule as relaxation.DEFAULT_NU; this module needs no SciPy).
 DEFAULT_NU = {"jacobi": 5, "chebyshev": 5, "sor": 5, "icc": 1}
@@ -71,9 +73,9 @@ OPTION_NAMES = {
 _FIELDS = {name: f for f, name in OPTION_NAMES.items()}
 # Which coarse kinds use an option; an option absent here is used by every kind.
 _USED_BY = {
-    "model": ("nlss",), "pde": ("nlss",), "precision": ("nlss",), "basis": ("fixed",),
-    "K": ("svd", "nlss"), "sweeps": ("svd", "nlss"),
-    "r": ("svd", "nlss", "sine", "eig-ref", "eig", "fixed"),
+    "model": ("nlss", "corrected"), "pde": ("nlss",), "precision": ("nlss",),
+    "basis": ("fixed",), "K": ("svd", "nlss"), "sweeps": ("svd", "nlss"),
+    "r": ("svd", "nlss", "sine", "eig-ref", "eig", "fixed", "corrected"),
 }
 # Options of the inner PCMG (under <prefix>nlss_mg_) that a user may set.
 MG_OPTIONS = ("mg_levels_", "mg_coarse_", "pc_mg_cycle_type", "pc_mg_multiplicative_cycles",

@@ -226,16 +226,18 @@ def sor_weight(omega) -> tuple[float, str]:
     return w, f"omega = {w:g} (given): 0 < omega < 2, convergent for any SPD A"
 
 
-def chebyshev_interval(lam_max: float) -> tuple[float, float]:
+def chebyshev_interval(lam_max: float, *, lower: float = CHEB_LOWER) -> tuple[float, float]:
     """Return the interval ``(lo, hi)`` of ``D^-1 A`` that the Chebyshev smoother damps.
 
-    ``lo = 0.1 lam_max``, ``hi = SAFETY * lam_max`` (PETSc's default targets for its
-    Chebyshev smoother). Pass them to PETSc as ``ksp_chebyshev_eigenvalues lo,hi``.
+    ``lo = lower * lam_max`` (default 0.1), ``hi = SAFETY * lam_max`` (PETSc's default
+    targets for its Chebyshev smoother). Pass them to PETSc as
+    ``ksp_chebyshev_eigenvalues lo,hi``. A smaller ``lower`` turns the smoother into an
+    approximate solver (:mod:`nlss_fenicsx.corrector` uses 0.03).
 
     Raises
     ------
     ValueError
-        If ``lam_max`` is not finite and positive.
+        If ``lam_max`` is not finite and positive, or ``lower`` not in ``(0, 1)``.
 
     Examples
     --------
@@ -243,7 +245,9 @@ def chebyshev_interval(lam_max: float) -> tuple[float, float]:
     (0.2, 2.2)
     """
     lam = _positive_estimate(lam_max)
-    return CHEB_LOWER * lam, SAFETY * lam
+    if not 0.0 < lower < 1.0:
+        raise ValueError(f"expected 0 < lower < 1 for the Chebyshev interval, got {lower!r}")
+    return lower * lam, SAFETY * lam
 
 
 class Smoother:
@@ -268,6 +272,9 @@ class Smoother:
         when needed and not given.
     seed : int, optional
         Selects the Lanczos start vector.
+    lower : float, optional
+        For ``chebyshev`` and ``icc``: the interval's lower end as a fraction of the
+        estimate (:func:`chebyshev_interval`; default 0.1, the smoother's).
 
     Attributes
     ----------
@@ -300,7 +307,8 @@ class Smoother:
     """
 
     def __init__(self, A, kind: str = "jacobi", *, nu: int = 5, omega="auto",
-                 lam_max: float | None = None, seed: int = 0):
+                 lam_max: float | None = None, seed: int = 0,
+                 lower: float = CHEB_LOWER):
         if kind not in SMOOTHERS:
             raise ValueError(f"Unrecognized smoother {kind!r}; expected one of {SMOOTHERS}")
         self.kind = kind
@@ -331,13 +339,13 @@ class Smoother:
             self.omega, self.why = jacobi_weight(omega, self.lam_max)
             self._wDinv = self.omega * self._Dinv
         else:
-            self.interval = chebyshev_interval(self.lam_max)
+            self.interval = chebyshev_interval(self.lam_max, lower=lower)
             lo, hi = self.interval
             M = "M^-1 A), M = ICC(0)" if kind == "icc" else "D^-1 A)"
             if kind == "icc" and self.M.shift:
                 M += f" of A + {self.M.shift:g} diag(A)"
             self.why = (f"Chebyshev degree {self.nu} on [{lo:.4g}, {hi:.4g}] = "
-                        f"[{CHEB_LOWER}, {SAFETY}] x lambda_max({M} ~ {self.lam_max:.4g}")
+                        f"[{lower}, {SAFETY}] x lambda_max({M} ~ {self.lam_max:.4g}")
 
     def smooth(self, b, x=None, *, nu: int | None = None) -> np.ndarray:
         """``nu`` sweeps on ``A x = b`` from ``x`` (zero if None); returns the new ``x``.

@@ -50,7 +50,7 @@ def test_strings_are_parsed_and_given_is_recorded():
     ("nlss_omega", "-0.5", "nlss_omega: expected 'auto' or a number > 0, got -0.5"),
     ("nlss_omega", "nan", "nlss_omega: expected 'auto' or a number > 0, got nan"),
     ("nlss_coarse", "amg", "nlss_coarse: expected one of svd, sa, sine, eig-ref, eig, fixed, "
-                           "nlss; got 'amg'"),
+                           "nlss, corrected; got 'amg'"),
     ("nlss_coarse", "subspace", "nlss_coarse: expected one of"),
     ("nlss_smoother", "gs", "nlss_smoother: expected one of jacobi, chebyshev, sor, icc; got 'gs'"),
     ("nlss_precision", "int4", "nlss_precision: expected one of int8, float32; got 'int4'"),
