@@ -464,6 +464,9 @@ def lambda_max_petsc(A, *, seed: int = 0, node_order: np.ndarray | None = None,
     def dot(u, v):
         return comm.allreduce(float(np.dot(u, v)), op=MPI.SUM)
 
+    if comm.size == 1:  # an allreduce costs more than the dot product itself
+        dot = None
+
     if node_order is None:
         x0 = start_vector(n, lo, hi, seed=seed)
     else:

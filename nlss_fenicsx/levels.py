@@ -15,9 +15,10 @@ import numpy as np
 
 from nlss_fenicsx import la
 from nlss_fenicsx._fenicsx import PETSc
-from nlss_fenicsx.lanczos import lambda_max_preconditioned, start_vector
+from nlss_fenicsx.lanczos import start_vector
 
-__all__ = ["DENSE_CHECK_MAX", "check_coarse", "icc_preconditioner", "lambda_max_pc"]
+__all__ = ["DENSE_CHECK_MAX", "check_coarse", "check_coarse_solver", "icc_preconditioner",
+           "lambda_max_pc", "reuse_key", "set_up_with_options"]
 
 # Dense check of Ac (gathered to every rank) up to this size; above it (sa on large
 # problems) symmetry is checked in PETSc and the factorisation reports the rest.
@@ -65,10 +66,13 @@ def lambda_max_pc(A, pc, *, seed: int = 0, node_order: np.ndarray | None = None,
                   steps: int = 10) -> float:
     """Estimate ``lambda_max(M^-1 A)`` for a set-up PETSc preconditioner ``pc`` (``M^-1``).
 
-    :func:`nlss_fenicsx.relaxation.lambda_max_preconditioned` with ``MatMult``,
-    ``PCApply`` and all-reduced dot products (every rank returns the same value). The start
-    vector is :func:`nlss_fenicsx.relaxation.start_vector` in node order when one is given,
-    as :func:`nlss_fenicsx.la.lambda_max_petsc` takes it. Collective.
+    The CG-Lanczos estimate of :func:`nlss_fenicsx.relaxation.lambda_max_preconditioned`
+    run natively: PETSc's ``KSPCG`` for ``steps`` iterations on ``A x = x0`` (no
+    convergence test) and ``KSPComputeEigenvalues`` of its Lanczos tridiagonal matrix
+    (the same recurrences; no Python per iteration). The start vector is
+    :func:`nlss_fenicsx.relaxation.start_vector` in node order when one is given, as
+    :func:`nlss_fenicsx.la.lambda_max_petsc` takes it. Collective; every rank returns the
+    same value.
 
     Parameters
     ----------
@@ -87,41 +91,46 @@ def lambda_max_pc(A, pc, *, seed: int = 0, node_order: np.ndarray | None = None,
     -------
     float
         From below, within 8 % of ``lambda_max(M^-1 A)`` on the paper's families (measured
-        at N = 32-128; the icc interval tolerates 17 %).
+        at N = 32-128 with 10 steps; the icc interval tolerates 17 %).
 
     Raises
     ------
     ValueError
-        On every rank, when the estimate is not usable (``M`` or ``A`` not positive
-        definite along the Krylov space, NaN/Inf).
+        On every rank, when the estimate is not usable: CG met an indefinite ``M`` or
+        ``A``, or a NaN/Inf, or the largest Ritz value is not positive.
     """
-    comm = A.getComm().tompi4py()
     n = A.getSize()[0]
     lo, hi = A.getOwnershipRange()
-    x, y = A.createVecRight(), A.createVecLeft()
     node = np.arange(lo, hi)
     if node_order is not None:
         inverse = np.empty(n, dtype=np.int64)
         inverse[node_order] = np.arange(n)  # dof -> node
         node = inverse[lo:hi]
-    x0 = start_vector(n, seed=seed)[node]
-
-    def apply(op):
-        def f(v):
-            x.setArray(v)
-            op(x, y)
-            return y.getArray().copy()
-        return f
-
-    def dot(u, v):
-        return comm.allreduce(float(np.dot(u, v)))
-
+    b, x = A.createVecRight(), A.createVecLeft()
+    b.setArray(start_vector(n, seed=seed)[node])
+    ksp = PETSc.KSP().create(comm=A.getComm())
     try:
-        return lambda_max_preconditioned(apply(A.mult), apply(pc.apply), x0, dot=dot,
-                                         steps=steps)
+        ksp.setType(PETSc.KSP.Type.CG)
+        ksp.setOperators(A, A)
+        ksp.setPC(pc)
+        ksp.setNormType(PETSc.KSP.NormType.NONE)  # no test: exactly `steps` iterations
+        ksp.setTolerances(rtol=0.0, atol=0.0, max_it=steps)
+        ksp.setComputeEigenvalues(True)
+        ksp.solve(b, x)
+        reason = ksp.getConvergedReason()
+        ritz = np.real(ksp.computeEigenvalues()) if ksp.getIterationNumber() else []
     finally:
-        x.destroy()
-        y.destroy()
+        for obj in (ksp, b, x):
+            obj.destroy()
+    theta = float(np.max(ritz)) if len(ritz) else float("nan")
+    if reason < 0 and reason != PETSc.KSP.ConvergedReason.DIVERGED_MAX_IT:
+        name = next((k for k in dir(PETSc.KSP.ConvergedReason)
+                     if getattr(PETSc.KSP.ConvergedReason, k) == reason), str(reason))
+        raise ValueError(f"the lambda_max(M^-1 A) estimate is not usable: CG stopped with "
+                         f"{name} (expected SPD A and M)")
+    if not (np.isfinite(theta) and theta > 0.0):
+        raise ValueError(f"the lambda_max(M^-1 A) estimate is not usable: {theta!r}")
+    return theta
 
 
 def check_coarse(comm, Ac, *, singular: bool = False) -> bool:
@@ -182,3 +191,92 @@ def check_coarse(comm, Ac, *, singular: bool = False) -> bool:
                           f"positive definite (|Ac - Ac^T|_F = {asym:.3e}, |Ac|_F = "
                           f"{scale:.3e}); A must be SPD and P of full column rank")
     return False
+
+
+def set_up_with_options(target, prefix: str, wanted: dict) -> None:
+    """Set ``target`` up from ``wanted`` options under ``prefix``, leaving the database as found.
+
+    Keys already in the database are the user's and win; only the keys inserted here are
+    removed afterwards (also on an error). ``target.setFromOptions()`` then ``setUp()``.
+
+    Parameters
+    ----------
+    target : petsc4py.PETSc.PC or petsc4py.PETSc.KSP
+        E.g. TwoGridPC's inner PCMG (prefix ``<pc prefix>nlss_mg_``) or its level smoother.
+    prefix : str
+        The inner PCMG's options prefix.
+    wanted : dict of str to str or None
+        Keys relative to ``prefix`` (:func:`nlss_fenicsx.options.mg_defaults`).
+
+    Raises
+    ------
+    petsc4py.PETSc.Error
+        From PETSc, with a note naming the prefix.
+    """
+    db = PETSc.Options()
+    present = {k[len(prefix):] for k in db.getAll() if k.startswith(prefix)}
+    inserted = [prefix + k for k in wanted if k not in present]
+    for key in inserted:
+        db[key] = wanted[key[len(prefix):]]
+    try:
+        target.setFromOptions()
+        target.setUp()
+    except PETSc.Error as err:
+        err.add_note(f"raised while setting up TwoGridPC's inner PCMG (options prefix {prefix})")
+        raise
+    finally:
+        for key in inserted:
+            db.delValue(key)
+
+
+def check_coarse_solver(mg, dense_checked: bool) -> None:
+    """Raise RuntimeError (one line) if the coarse solver of the PCMG ``mg`` failed to set up.
+
+    Parameters
+    ----------
+    mg : petsc4py.PETSc.PC
+        A set-up PCMG.
+    dense_checked : bool
+        Whether ``Ac`` passed the dense SPD check (else the message suggests it may not be SPD).
+
+    Raises
+    ------
+    RuntimeError
+        Naming PETSc's failure reason.
+    """
+    reason = mg.getMGCoarseSolve().getPC().getFailedReason()
+    if reason != 0:
+        name = next((k for k in dir(PETSc.PC.FailedReason)
+                     if getattr(PETSc.PC.FailedReason, k) == reason), str(reason))
+        hint = "" if dense_checked else " (Ac = P^T A P may not be SPD)"
+        raise RuntimeError(f"the coarse solver of TwoGridPC's inner PCMG failed: {name}{hint}")
+
+
+def reuse_key(A, opts, order, *, given_P: bool = False):
+    """Return what a two-grid P depends on when not on A's values, else None.
+
+    TwoGridPC keeps ``P`` (and its PETSc matrix) across set-ups whose key is equal: for
+    ``sine``, ``fixed`` or a given ``P``, without a near-nullspace (which is appended to
+    ``P`` and may change with ``A``).
+
+    Parameters
+    ----------
+    A : petsc4py.PETSc.Mat
+    opts : nlss_fenicsx.options.TwoGridOptions
+    order : numpy.ndarray or None
+        The node order attached to ``A``.
+    given_P : bool
+        The PC was given ``P``.
+
+    Returns
+    -------
+    tuple or None
+    """
+    if not given_P and opts.coarse not in ("sine", "fixed"):
+        return None
+    nns = A.getNearNullSpace()
+    if nns is not None and bool(nns.handle):
+        return None
+    ns = A.getNullSpace()
+    return (opts, A.getSizes(), A.getBlockSize(), ns is not None and bool(ns.handle),
+            None if order is None else order.tobytes())

@@ -50,6 +50,7 @@ import warnings
 from dataclasses import replace
 
 import numpy as np
+import scipy.sparse as sp
 
 from nlss_fenicsx import la, levels, options, relaxation
 from nlss_fenicsx._fenicsx import PETSc
@@ -147,6 +148,7 @@ class TwoGridPC:
         self.timings: dict[str, float] = {}
         self.P = self.S = None
         self.inner = self._P_mat = self._Ac = self._icc = None
+        self._key, self._A_handle, self._singular = None, None, False
         self.coarse_size = 0
         self.lam_max: float | None = None
         self.omega: float | None = None
@@ -217,27 +219,37 @@ class TwoGridPC:
         opts = self._resolve_options(pc, A, comm, order)
         la.raise_collectively(comm, None if self._reference is None or opts.coarse == "eig-ref"
                               else ValueError(f"reference= is for eig-ref, not {opts.coarse}"))
-        self._release()
+        key = levels.reuse_key(A, opts, order, given_P=self._given_P is not None)
+        same_P = key is not None and key == self._key  # P does not depend on A's values
+        if same_P and A.handle == self._A_handle:  # the same Mat, new values
+            self._refresh(pc, A, comm, opts, order)
+            return
+        P_mat = self._P_mat if same_P else None  # a new Mat: keep P, build the PCMG anew
+        self._release(keep=P_mat)
+        self._key, self._A_handle = key, A.handle
         self.timings = {}
         t0 = time.perf_counter()
         needs_S = self._given_P is None and opts.uses("K")
         S_omega = self._S_omega = self._weights(A, comm, opts, order, needs_S)
         t1 = time.perf_counter()
-        A_local = la.petsc_to_csr(A)
+        # sine and fixed read only A's size: no CSR copy of its rows.
+        entries = needs_S or (self._given_P is None and opts.coarse not in ("sine", "fixed"))
+        A_local = la.petsc_to_csr(A) if entries else sp.csr_matrix((hi - lo, n))
         S = self._smoothed(A, A_local, comm, opts, order, S_omega) if needs_S else None
         t2 = time.perf_counter()
-        if self._given_P is not None:
-            P = self._given_P
+        if self._given_P is not None or same_P:
+            P = self._given_P if self._given_P is not None else self.P
         else:
             from nlss_fenicsx.coarse import coarse_basis
 
-            P = coarse_basis(opts.coarse, A_local, r=opts.r, S=S, model=self._model,
+            model = opts.model if opts.coarse == "corrected" else self._model
+            P = coarse_basis(opts.coarse, A_local, r=opts.r, S=S, model=model,
                              node_order=order, near_nullspace=la.near_nullspace_rows(A),
                              basis_file=opts.basis, reference=self._reference,
                              comm=comm if comm.size > 1 else None, seed=opts.seed,
                              timings=self.timings, block_size=A.getBlockSize())
         t3 = time.perf_counter()
-        self._build_mg(pc, A, comm, P, (lo, hi, n), opts)
+        self._build_mg(pc, A, comm, P, opts, P_mat)
         self.P, self.S = P, S
         self.timings.update(estimate=t1 - t0, smoothing=t2 - t1, inference=t3 - t2,
                             setup=time.perf_counter() - t3)
@@ -252,7 +264,8 @@ class TwoGridPC:
             own, self._mg_user = _database(pc.getOptionsPrefix() or "")
             with la.collective(comm):
                 opts = options.parse_options(own)
-        if order is None and opts.coarse in ("sine", "fixed", "nlss") and self._given_P is None:
+        if (order is None and opts.coarse in ("sine", "fixed", "nlss", "corrected")
+                and self._given_P is None):
             raise ValueError(f"nlss_coarse {opts.coarse} needs the node order of the dofs: "
                              "call nlss_fenicsx.petsc.attach_node_order(problem.A, V) before "
                              "solve() (any mesh; pdes.assemble attaches it itself)")
@@ -316,7 +329,11 @@ class TwoGridPC:
             self.lam_max = la.lambda_max_petsc(A, seed=opts.seed, node_order=order)
         lam_S = self.lam_max
         if opts.smoother == "icc":  # ICC(0) factored once: for its estimate and for PCMG
-            self._icc = levels.icc_preconditioner(A)
+            if self._icc is None:
+                self._icc = levels.icc_preconditioner(A)
+            else:  # a refresh: the same PC on A's new values
+                self._icc.setOperators(A, A)
+                self._icc.setUp()
             self.lam_max = levels.lambda_max_pc(A, self._icc, seed=opts.seed, node_order=order)
         with la.collective(comm):
             if opts.smoother == "jacobi":
@@ -358,14 +375,13 @@ class TwoGridPC:
                              f"after {opts.sweeps} Jacobi sweeps (expected a finite SPD A)")
         return S
 
-    def _build_mg(self, pc, A, comm, P, rows, opts: TwoGridOptions):
-        lo, hi, n = rows
+    def _build_mg(self, pc, A, comm, P, opts: TwoGridOptions, P_mat=None):
         prefix = (pc.getOptionsPrefix() or "") + "nlss_mg_"
         db = PETSc.Options()
         present = {k[len(prefix):]: v for k, v in db.getAll().items() if k.startswith(prefix)}
         with la.collective(comm):
             options.check_mg_options({**self._mg_user, **present}.items())
-        self._P_mat = P_mat = la.mat_from_rows(A, P)
+        self._P_mat = P_mat = la.mat_from_rows(A, P) if P_mat is None else P_mat
         self.coarse_size = P_mat.getSize()[1]
         # Galerkin Ac formed here rather than by PCMG: PCMG's own product puts 1 on an
         # empty diagonal, which would hide a rank-deficient P.
@@ -385,38 +401,44 @@ class TwoGridPC:
         mg.getMGCoarseSolve().setOperators(Ac, Ac)
         if self._icc is not None:  # already factored (for the estimate): not again
             mg.getMGSmoother(1).setPC(self._icc)
-        # Ours, then the user's (captured at setFromOptions); keys already in the database
-        # are the user's and stay; only what is inserted here is removed afterwards.
+        self._singular = singular
+        self._configure(pc, mg, opts, comm)
+        levels.check_coarse_solver(mg, dense_checked)
+
+    def _configure(self, pc, target, opts, comm):
+        """Our options for the inner PCMG (or its level smoother on a refresh), then set up."""
         wanted = {**options.mg_defaults(opts.smoother, opts.nu, omega=self.omega,
                                         interval=self._interval, parallel=comm.size > 1,
-                                        singular=singular),
+                                        singular=self._singular),
                   **self._mg_user}
-        inserted = [prefix + k for k in wanted if k not in present]
-        for key in inserted:
-            db[key] = wanted[key[len(prefix):]]
-        try:
-            mg.setFromOptions()
-            mg.setUp()
-        except PETSc.Error as err:
-            err.add_note(f"raised while setting up TwoGridPC's inner PCMG (options prefix "
-                         f"{prefix})")
-            raise
-        finally:
-            for key in inserted:
-                db.delValue(key)
-        reason = mg.getMGCoarseSolve().getPC().getFailedReason()
-        if reason != 0:
-            name = next((k for k in dir(PETSc.PC.FailedReason)
-                     if getattr(PETSc.PC.FailedReason, k) == reason), str(reason))
-            hint = "" if dense_checked else " (Ac = P^T A P may not be SPD)"
-            raise RuntimeError(f"the coarse solver of TwoGridPC's inner PCMG failed: "
-                               f"{name}{hint}")
+        levels.set_up_with_options(target, (pc.getOptionsPrefix() or "") + "nlss_mg_", wanted)
 
-    def _release(self):
+    def _refresh(self, pc, A, comm, opts, order):
+        """Set up again for new values of A with the same P (many related solves).
+
+        The estimate, Ac and the smoother are redone; P, its PETSc matrix and the PCMG are kept.
+        """
+        t0 = time.perf_counter()
+        self._weights(A, comm, opts, order, False)
+        t1 = time.perf_counter()
+        self._Ac = A.ptap(self._P_mat, result=self._Ac)
+        dense_checked = levels.check_coarse(comm, self._Ac, singular=self._singular)
+        mg = self.inner
+        mg.setOperators(A, A)
+        mg.getMGSmoother(1).setOperators(A, A)  # PCMG keeps a level's operators once set
+        mg.getMGCoarseSolve().setOperators(self._Ac, self._Ac)
+        self._configure(pc, mg.getMGSmoother(1), opts, comm)  # new weight or interval
+        mg.setUp()
+        levels.check_coarse_solver(mg, dense_checked)
+        self.timings = {"estimate": t1 - t0, "smoothing": 0.0, "inference": 0.0,
+                        "setup": time.perf_counter() - t1}
+
+    def _release(self, keep=None):
         for obj in (self.inner, self._P_mat, self._Ac, self._icc):
-            if obj is not None:
+            if obj is not None and obj is not keep:
                 obj.destroy()
-        self.inner = self._P_mat = self._Ac = self._icc = None
+        self.inner = self._Ac = self._icc = self._key = self._A_handle = None
+        self._P_mat = keep
 
     def describe(self) -> list[str]:
         """Lines for ``-ksp_view``: coarse space, S, smoother and weight, sources of values.

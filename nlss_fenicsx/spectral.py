@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import OrderedDict
 
@@ -92,7 +93,8 @@ def sine_basis(N: int, r: int, *, nodes=None) -> np.ndarray:
     (grid node ``i + (N+1) j``), ``(a, b) = sine_modes(N, r)[k]``, scaled by ``2 / N``.
     The modes are exactly orthogonal on the grid (the discrete sine transform), so the
     scaling makes them orthonormal; they vanish on the boundary nodes. The nominal grid
-    positions are used whatever the jitter of the mesh.
+    positions are used whatever the jitter of the mesh. The grid-order basis is computed
+    once per ``(N, r)`` and cached (rows are then copied out by ``nodes``).
 
     Parameters
     ----------
@@ -120,13 +122,25 @@ def sine_basis(N: int, r: int, *, nodes=None) -> np.ndarray:
     >>> P.shape, bool(np.allclose(P.T @ P, np.eye(5)))
     ((81, 5), True)
     """
-    ab = sine_modes(N, r)
-    n = (N + 1) ** 2
-    nodes = np.arange(n) if nodes is None else np.asarray(nodes).reshape(-1)
+    G = _sine_grid(check_int("N", N, 2), check_int("r", r, 1))
+    if nodes is None:
+        return G.copy()
+    n = G.shape[0]
+    nodes = np.asarray(nodes).reshape(-1)
     if nodes.size and (nodes.dtype.kind not in "iu" or nodes.min() < 0 or nodes.max() >= n):
         raise ValueError(f"expected grid node indices in [0, {n}), got {nodes!r}")
+    return G[nodes]
+
+
+@functools.lru_cache(maxsize=16)
+def _sine_grid(N: int, r: int) -> np.ndarray:
+    """Compute the grid-order sine basis once per ``(N, r)`` (read-only)."""
+    ab = sine_modes(N, r)
+    nodes = np.arange((N + 1) ** 2)
     i, j = nodes % (N + 1), nodes // (N + 1)
-    return np.ascontiguousarray(_sines(i, ab[:, 0], N) * _sines(j, ab[:, 1], N) * (2.0 / N))
+    G = np.ascontiguousarray(_sines(i, ab[:, 0], N) * _sines(j, ab[:, 1], N) * (2.0 / N))
+    G.setflags(write=False)
+    return G
 
 
 def _sines(i: np.ndarray, a: np.ndarray, N: int) -> np.ndarray:

@@ -206,7 +206,7 @@ def test_linear_problem_non_convergence_is_reported_with_reason():
     ("nlss_rank", "abc", "nlss_rank: expected an integer >= 1, got 'abc'"),
     ("nlss_omega", "fast", "nlss_omega: expected 'auto' or a number > 0, got 'fast'"),
     ("nlss_coarse", "magic", "nlss_coarse: expected one of svd, sa, sine, eig-ref, eig, "
-                             "fixed, nlss; got 'magic'"),
+                             "fixed, nlss, corrected; got 'magic'"),
     ("nlss_ranks", 4, "unknown option nlss_ranks"),
     ("pc_python_type", "nlss_fenicsx.petsc.TwoGridPc", "pc_python_type "
      "nlss_fenicsx.petsc.TwoGridPc: no such preconditioner"),
@@ -588,3 +588,54 @@ def test_eig_ref_uses_the_given_reference_operator(small_system):
     with pytest.raises(ValueError, match="reference= is for eig-ref, not svd"):
         _pc_for(small_system.A, npc.TwoGridPC(options=TwoGridOptions(coarse="svd", r=r, K=8),
                                               reference=R))
+
+
+# ------------------------------------------------------------------ many related solves
+
+
+@pytest.mark.parametrize(("coarse", "smoother"), [("sine", "icc"), ("sine", "jacobi"),
+                                                  ("svd", "icc")])
+@pytest.mark.parametrize("in_place", [True, False])
+def test_new_operator_values_reuse_p_and_solve_as_a_fresh_pc(coarse, smoother, in_place):
+    """One KSP, operators changed per instance (same mesh, new coefficients). For a P that
+    does not depend on A (sine, fixed) the PC keeps P and its PETSc matrix, and, when the
+    values change in the same Mat (re-assembly in place), the PCMG too: only the estimate,
+    Ac and the smoother are redone. The solve equals a fresh PC's. A P built from A (svd)
+    is rebuilt."""
+    mesh = meshes.jittered_square(12, seed=3)
+    systems = [pdes.assemble(pdes.sample("anisotropic", mesh, rng=s)) for s in (4, 5)]
+    opts = TwoGridOptions(coarse=coarse, r=8, K=16, smoother=smoother)
+
+    def solve(ksp, A, b_values):
+        ksp.setOperators(A)
+        b, x = A.createVecRight(), A.createVecLeft()
+        b.setArray(b_values)
+        ksp.solve(b, x)
+        return ksp.getIterationNumber(), x.getArray().copy()
+
+    def new_ksp(ctx):
+        ksp = PETSc.KSP().create()
+        ksp.setType("cg")
+        ksp.setTolerances(rtol=1e-8, atol=0.0)
+        ksp.getPC().setType("python")
+        ksp.getPC().setPythonContext(ctx)
+        return ksp
+
+    ctx = npc.TwoGridPC(options=opts)
+    ksp = new_ksp(ctx)
+    A0 = systems[0].A.duplicate(copy=True)
+    npc.attach_node_order(A0, systems[0].node_order)
+    solve(ksp, A0, systems[0].b)
+    inner, P_mat = ctx.inner, ctx._P_mat  # held: their ids cannot be reused
+    if in_place:
+        systems[1].A.copy(A0, structure=PETSc.Mat.Structure.SAME_NONZERO_PATTERN)
+    its, x = solve(ksp, A0 if in_place else systems[1].A, systems[1].b)
+    assert (ctx._P_mat is P_mat) == (coarse == "sine")
+    assert (ctx.inner is inner) == (coarse == "sine" and in_place)
+    if coarse == "sine":
+        assert ctx.timings["inference"] < 1e-3 and ctx.timings["smoothing"] < 1e-3
+    fresh = npc.TwoGridPC(options=opts)
+    its_fresh, x_fresh = solve(new_ksp(fresh), systems[1].A, systems[1].b)
+    assert its == its_fresh
+    np.testing.assert_allclose(x, x_fresh, rtol=0, atol=1e-10 * np.abs(x_fresh).max())
+    assert ctx.lam_max == fresh.lam_max and ctx.omega_reason == fresh.omega_reason
