@@ -422,7 +422,8 @@ def mg_defaults(smoother: str, nu: int, *, omega: float | None = None,
         on ``interval`` of ``D^-1 A`` + PCJACOBI (no eigenvalue estimate of its own);
         ``sor``: Richardson + local symmetric SOR with weight ``omega`` (symmetric SOR on
         one rank); ``icc``: KSPCHEBYSHEV on ``interval`` of ``M^-1 A`` + PCICC (ICC(0),
-        PETSc's positive-definite shift; block Jacobi with ICC(0) per rank in parallel).
+        PETSc's positive-definite shift; block Jacobi with ICC(0) per rank in parallel);
+        for ``nu = 1`` the same operator as Richardson scaled by ``2 / (lo + hi)``.
     nu : int
         Sweeps (the level KSP's iterations), before and after the coarse correction.
     omega : float, optional
@@ -459,6 +460,12 @@ def mg_defaults(smoother: str, nu: int, *, omega: float | None = None,
             levels.update(mg_levels_pc_type="bjacobi", mg_levels_sub_pc_type="icc")
         elif smoother == "icc":
             levels["mg_levels_pc_type"] = "icc"
+        if smoother == "icc" and nu == 1:  # degree 1 = Richardson with weight 2 / (lo + hi):
+            # the same operator, the simpler KSP
+            del levels["mg_levels_ksp_chebyshev_eigenvalues"]
+            del levels["mg_levels_ksp_chebyshev_esteig_steps"]
+            levels.update(mg_levels_ksp_type="richardson",
+                          mg_levels_ksp_richardson_scale=repr(2.0 / (lo + hi)))
     else:
         levels.update(mg_levels_ksp_type="richardson", mg_levels_pc_type="sor",
                       mg_levels_ksp_richardson_scale="1.0",
