@@ -167,7 +167,8 @@ def corrector(A, xi, xi_b, *, lam_max: float | None = None,
     xi, xi_b : numpy.ndarray, shape (n, 2)
         From :func:`grid_geometry`, rows in the order of ``A``.
     lam_max : float, optional
-        Estimate of ``lambda_max(D^-1 A)`` (12 Lanczos steps otherwise).
+        Estimate of ``lambda_max(D^-1 A)`` (8 Lanczos steps otherwise: it only sets the
+        interval of an approximate solve).
     degree : int
         Chebyshev degree (products with ``A`` on two vectors).
 
@@ -181,13 +182,22 @@ def corrector(A, xi, xi_b, *, lam_max: float | None = None,
     ValueError
         On bad shapes or a bad ``A`` (as :class:`~nlss_fenicsx.relaxation.Smoother`).
     """
-    from nlss_fenicsx.relaxation import Smoother
+    from nlss_fenicsx.relaxation import (
+        chebyshev_interval,
+        chebyshev_iteration,
+        inverse_diagonal,
+        lambda_max_estimate,
+        start_vector,
+    )
 
     A = sp.csr_matrix(A)
     g = corrector_rhs(A, xi, xi_b)
-    sm = Smoother(A, "chebyshev", nu=check_int("degree", degree, 1), lam_max=lam_max,
-                  lower=CHI_LOWER)
-    return -sm.smooth(g)
+    Dinv = inverse_diagonal(A)
+    if lam_max is None:
+        lam_max = lambda_max_estimate(A.__matmul__, Dinv, start_vector(A.shape[0]), steps=8)
+    interval = chebyshev_interval(lam_max, lower=CHI_LOWER)
+    return -chebyshev_iteration(A.__matmul__, lambda v: Dinv[:, None] * v, g, interval,
+                                check_int("degree", degree, 1))
 
 
 def corrector_rhs(A, xi, xi_b) -> np.ndarray:
@@ -225,37 +235,33 @@ def corrector_rhs(A, xi, xi_b) -> np.ndarray:
 def features(A, chi: np.ndarray, N: int) -> np.ndarray:
     """Local, scale-free features of each node for a :class:`CorrectorModel`.
 
-    Per node: ``log(d_i / median d)``, ``(A 1)_i / d_i``, ``chi / h`` (2), the
-    neighbour mean of ``chi / h`` minus ``chi / h`` (2), the coefficient contrast
-    ``max_j |a_ij| / d_i`` and its neighbour mean (neighbour means over ``A``'s graph,
-    weights ``|a_ij|``); zero on identity rows. Shape ``(n, 8)``, rows in ``A``'s order.
+    Per node: ``log(d_i / median d)``, ``(A 1)_i / d_i``, ``chi / h`` (2) and the
+    neighbour mean of ``chi / h`` minus ``chi / h`` (2), the mean over ``A``'s graph with
+    weights ``|a_ij|``; zero on identity rows. Two products with ``|A|``.
 
     Parameters
     ----------
     A : scipy.sparse matrix, shape (n, n)
     chi : numpy.ndarray, shape (n, 2)
-        :func:`corrector`.
+        :func:`corrector`, rows in ``A``'s order.
     N : int
         Cells per side (``h = 1 / N``).
 
     Returns
     -------
-    numpy.ndarray, shape (n, 8), float64
+    numpy.ndarray, shape (n, 6), float64
     """
     A = sp.csr_matrix(A)
-    n = A.shape[0]
     d = A.diagonal()
-    dirichlet = spectral.identity_rows(A)
-    W = abs(A) - sp.diags(np.abs(d))
-    W.eliminate_zeros()
-    deg = np.asarray(W.sum(axis=1)).ravel()
-    mean = sp.diags(1.0 / np.where(deg > 0, deg, 1.0)) @ W
+    abs_a = sp.csr_matrix((np.abs(A.data), A.indices, A.indptr), shape=A.shape)
     c = chi * N
-    contrast = np.asarray(W.max(axis=1).todense()).ravel() / d
-    free_d = d[~dirichlet]
-    F = np.column_stack([np.log(d / (np.median(free_d) if free_d.size else 1.0)),
-                         (A @ np.ones(n)) / d, c, mean @ c - c, contrast,
-                         mean @ contrast])
+    V = np.column_stack([np.ones(A.shape[0]), c])
+    X = abs_a @ V - np.abs(d)[:, None] * V  # sums over the neighbours (diagonal removed)
+    deg = X[:, 0]
+    dirichlet = deg <= 0.0  # identity rows have no neighbours
+    mean = X[:, 1:] / np.where(dirichlet, 1.0, deg)[:, None]
+    F = np.column_stack([np.log(d / np.median(d[~dirichlet] if np.any(~dirichlet) else d)),
+                         (A @ np.ones(A.shape[0])) / d, c, mean - c])
     F[dirichlet] = 0.0
     return F
 
@@ -263,7 +269,7 @@ def features(A, chi: np.ndarray, N: int) -> np.ndarray:
 class CorrectorModel:
     """A per-node MLP that predicts the corrector weights ``w`` (NumPy inference).
 
-    ``w = 1 + W3 gelu(W2 gelu(W1 (F - mu) / sd + b1) + b2) + b3`` per node, ``F`` from
+    ``w = 1 + W3 relu(W2 relu(W1 (F - mu) / sd + b1) + b2) + b3`` per node, ``F`` from
     :func:`features`; trained with the NLSS loss by :func:`nlss_fenicsx.nn.corrector.train`
     (the last layer starts at zero: the untrained model is the classical corrector).
 
@@ -294,10 +300,10 @@ class CorrectorModel:
         self.meta = dict(meta or {})
 
     def weights(self, F: np.ndarray) -> np.ndarray:
-        """Return ``w``, shape ``(n, 2)``, for features ``F`` of shape ``(n, 8)``."""
+        """Return ``w``, shape ``(n, 2)``, for features ``F`` of shape ``(n, 6)``."""
         w = self.w
-        h = _gelu((F - w["mu"]) / w["sd"] @ w["W1"] + w["b1"])
-        h = _gelu(h @ w["W2"] + w["b2"])
+        h = np.maximum((F - w["mu"]) / w["sd"] @ w["W1"] + w["b1"], 0.0)  # ReLU: cheap
+        h = np.maximum(h @ w["W2"] + w["b2"], 0.0)
         return 1.0 + h @ w["W3"] + w["b3"]
 
     def save(self, path: str | os.PathLike) -> None:
@@ -323,11 +329,6 @@ class CorrectorModel:
                 return cls({k: z[k] for k in cls.NAMES}, meta)
         except (OSError, KeyError, ValueError) as err:
             raise ValueError(f"{path}: cannot read the corrector model ({err})") from None
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    # tanh approximation, as torch.nn.GELU(approximate="tanh") (the training's).
-    return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x ** 3)))
 
 
 @functools.lru_cache(maxsize=4)
@@ -391,20 +392,25 @@ def corrected_basis(A, r: int, *, node_order, lam_max: float | None = None,
     t0 = time.perf_counter()
     n = A.shape[0]
     N = spectral.grid_size(n)
+    order = np.asarray(node_order)
     node_of_dof = np.empty(n, dtype=np.int64)
-    node_of_dof[np.asarray(node_order)] = np.arange(n)
-    P0, Px, Py = sine_gradients(N, r, nodes=node_of_dof)
-    xi, xi_b = grid_geometry(N, nodes=node_of_dof)
+    node_of_dof[order] = np.arange(n)
+    P0, Px, Py = sine_gradients(N, r)  # grid order, cached
+    xi, xi_b = grid_geometry(N)
     if lam_max is None:  # start vector in node order: P does not depend on the dof order
         from nlss_fenicsx.relaxation import inverse_diagonal, lambda_max_estimate, start_vector
 
         lam_max = lambda_max_estimate(A.__matmul__, inverse_diagonal(A),
-                                      start_vector(n)[node_of_dof])
-    chi = corrector(A, xi, xi_b, lam_max=lam_max)
+                                      start_vector(n)[node_of_dof], steps=8)
+    chi = corrector(A, xi[node_of_dof], xi_b[node_of_dof], lam_max=lam_max)
     if model is not None:
         chi = chi * model.weights(features(A, chi, N))
+    chi = chi[order]  # grid order
     t1 = time.perf_counter()
-    P = P0 + chi[:, :1] * Px + chi[:, 1:] * Py
+    P = Px * chi[:, :1]
+    P += Py * chi[:, 1:]
+    P += P0
+    P = P[node_of_dof]  # dof order
     if timings is not None:
         timings.update(corrector=t1 - t0, basis=time.perf_counter() - t1)
     return P

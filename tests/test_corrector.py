@@ -107,10 +107,10 @@ def test_model_round_trip_and_refusals(tmp_path):
     F = rng.standard_normal((5, 8))
     np.testing.assert_array_equal(back.weights(F), model.weights(F))
     assert back.meta["note"] == "x"
-    # GELU (tanh form), by hand for one node.
+    # ReLU layers, by hand for one node.
     x = F[0] @ w["W1"]
-    gelu = lambda v: 0.5 * v * (1 + np.tanh(np.sqrt(2 / np.pi) * (v + 0.044715 * v**3)))  # noqa: E731
-    np.testing.assert_allclose(model.weights(F)[0], 1 + gelu(gelu(x) @ w["W2"]) @ w["W3"])
+    relu = lambda v: np.where(v > 0, v, 0.0)  # noqa: E731
+    np.testing.assert_allclose(model.weights(F)[0], 1 + relu(relu(x) @ w["W2"]) @ w["W3"])
     with pytest.raises(ValueError, match="missing weights"):
         CorrectorModel({"mu": w["mu"]})
     with pytest.raises(ValueError, match="cannot read the corrector model"):

@@ -53,7 +53,7 @@ class CorrectorConfig:
     steps: int = 300
     batch: int = 4
     lr: float = 3e-3
-    hidden: int = 32
+    hidden: int = 16
     seed: int = 1000
     preset: str = "default"
 
@@ -124,7 +124,7 @@ def train_corrector(cfg: CorrectorConfig, out=None, *, progress: bool = True, lo
                 torch.from_numpy(dh[:, None] * V), torch.from_numpy(dh))
                for F, chi, V, dh in data]
     torch.manual_seed(cfg.seed)
-    act = torch.nn.GELU(approximate="tanh")  # as the NumPy inference
+    act = torch.nn.ReLU()  # as the NumPy inference
     net = torch.nn.Sequential(torch.nn.Linear(F_all.shape[1], cfg.hidden), act,
                               torch.nn.Linear(cfg.hidden, cfg.hidden), act,
                               torch.nn.Linear(cfg.hidden, 2)).double()
