@@ -83,6 +83,7 @@ def _cmd_solve(args, comm) -> int:
                      f"--N {args.N}")
     from nlss_fenicsx import meshes, pdes
     from nlss_fenicsx.bench.methods import MethodSpec, run_method
+    from nlss_fenicsx.options import DEFAULT_NU
 
     t0 = time.perf_counter()
     mesh = (meshes.read_msh(args.mesh) if args.mesh else
@@ -90,6 +91,8 @@ def _cmd_solve(args, comm) -> int:
     t1 = time.perf_counter()
     system = pdes.assemble(pdes.sample(args.pde, mesh, rng=args.seed, preset=args.preset))
     t2 = time.perf_counter()
+    if args.nu is None:
+        args.nu = DEFAULT_NU[args.smoother]
     spec = MethodSpec(name=args.coarse, rank=args.rank, K=args.K, sweeps=args.sweeps,
                       nu=args.nu, omega=args.omega, smoother=args.smoother, rtol=args.rtol,
                       path=args.path, model=str(args.model) if args.model else None,
@@ -332,11 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="smoothed vectors (default: the model's, else 72)")
     p.add_argument("--sweeps", type=int_at_least(0), default=None,
                    help="Jacobi sweeps that make S (default: the model's, else 10)")
-    p.add_argument("--smoother", choices=("jacobi", "chebyshev", "sor"), default="jacobi",
-                   help="two-grid smoother (default jacobi, as the paper)")
+    p.add_argument("--smoother", choices=("jacobi", "chebyshev", "sor", "icc"),
+                   default="jacobi", help="two-grid smoother (default jacobi, as the paper; "
+                                          "icc: Chebyshev on ICC(0))")
     p.add_argument("--nu", type=int_at_least(1, " (with no smoothing the two-grid operator "
-                                                "is singular)"), default=5,
-                   help="pre- and post-smoothing sweeps (default 5)")
+                                                "is singular)"), default=None,
+                   help="pre- and post-smoothing sweeps (default 5, 1 for icc)")
     p.add_argument("--omega", type=smoother_weight, default=None,
                    help="Jacobi weight: auto (0.66 where safe) or 0 < omega < 2")
     p.add_argument("--rtol", type=open_unit_interval, default=1e-6,
