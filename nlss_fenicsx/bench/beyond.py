@@ -150,7 +150,7 @@ def offline_bases(pde: str, N: int, folder: Path, *, r_max: int, coarse=COARSE,
     if nlss is not None and "nlss" in coarse and Path(nlss).is_file():
         files["nlss"] = nlss
     for key, s in seconds.items():
-        log(f"offline {pde} N={N}: {key} basis in {s:.1f} s")
+        log(f"offline {pde} N={N}: {key}: {s:.1f} s")
     return files, seconds
 
 
