@@ -187,12 +187,19 @@ class TwoGridPC:
             raise
 
     def apply(self, pc, x, y):
-        """PETSc callback: ``y = B x`` with the two-grid operator ``B``."""
+        """PETSc callback: ``y = B x`` with the two-grid operator ``B``.
+
+        A second ``setFromOptions`` with ``pc_python_type`` set makes petsc4py replace this
+        context by a fresh one while PETSc still counts the PC as set up (same operator):
+        the fresh context then sets itself up here, on its first application.
+        """
+        if self.inner is None:
+            self.setUp(pc)
         self.inner.apply(x, y)
 
     def applySymmetricLeft(self, pc, x, y):  # noqa: N802  # pragma: no cover - not CG's
         """PETSc callback: the operator is symmetric; same as :meth:`apply`."""
-        self.inner.apply(x, y)
+        self.apply(pc, x, y)
 
     def view(self, pc, viewer=None):
         """PETSc callback (``-ksp_view``): what was built, with which values and why."""

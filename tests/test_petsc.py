@@ -639,3 +639,34 @@ def test_new_operator_values_reuse_p_and_solve_as_a_fresh_pc(coarse, smoother, i
     assert its == its_fresh
     np.testing.assert_allclose(x, x_fresh, rtol=0, atol=1e-10 * np.abs(x_fresh).max())
     assert ctx.lam_max == fresh.lam_max and ctx.omega_reason == fresh.omega_reason
+
+
+def test_a_second_set_from_options_on_a_set_up_ksp_keeps_it_working(small_system):
+    # petsc4py replaces the python context on a second setFromOptions (pc_python_type is in
+    # the database) while PETSc still counts the PC as set up for the same operator.
+    db = PETSc.Options()
+    prefix = "again_"
+    for key, value in {"ksp_type": "cg", "ksp_rtol": "1e-8", "pc_type": "python",
+                       "pc_python_type": "nlss_fenicsx.petsc.TwoGridPC"}.items():
+        db[prefix + key] = value
+    ksp = PETSc.KSP().create(PETSc.COMM_SELF)
+    try:
+        ksp.setOptionsPrefix(prefix)
+        ksp.setOperators(small_system.A)
+        b = small_system.A.createVecRight()
+        b.setArray(small_system.b)
+        x = b.duplicate()
+        its = []
+        for _ in range(2):
+            ksp.setFromOptions()
+            x.set(0.0)
+            with npc.python_errors():
+                ksp.solve(b, x)
+            its.append(npc.check_converged(ksp))
+            exact = spla.spsolve(small_system.A_csr.tocsc(), small_system.b)
+            assert np.linalg.norm(x.getArray() - exact) <= 1e-6 * np.linalg.norm(exact)
+        assert its[0] == its[1]
+    finally:
+        ksp.destroy()
+        for key in ("ksp_type", "ksp_rtol", "pc_type", "pc_python_type"):
+            del db[prefix + key]
