@@ -14,7 +14,8 @@ option              default  meaning                                            
 ``nlss_model``               checkpoint path (MLP or GNN: the file says which); nlss,
                              for corrected a corrector model (optional)         corrected
 ``nlss_pde``                 PDE family, checked against the checkpoint         nlss
-``nlss_rank``       48       coarse rank ``r`` (dimension of ``P``)             all but sa
+``nlss_rank``       48       coarse rank ``r`` (dimension of ``P``; at most     all but sa
+                             ``nlss_K`` when not given)
 ``nlss_K``          72       number of smoothed vectors                         svd, nlss
 ``nlss_sweeps``     10       Jacobi sweeps that smooth the ``K`` vectors        svd, nlss
 ``nlss_nu``         5 (1)    pre- and post-smoothing sweeps of the cycle (the   all
@@ -49,6 +50,7 @@ __all__ = [
     "OPTION_NAMES",
     "PRECISIONS",
     "SMOOTHERS",
+    "SMOOTHING_OMEGA",
     "TwoGridOptions",
     "check_mg_options",
     "merge_checkpoint",
@@ -62,6 +64,8 @@ SMOOTHERS = ("jacobi", "chebyshev", "sor", "icc")
 # nlss_nu when not given (the same rule as relaxation.DEFAULT_NU; this module needs no SciPy).
 DEFAULT_NU = {"jacobi": 5, "chebyshev": 5, "sor": 5, "icc": 1}
 PRECISIONS = ("int8", "float32")
+# How from_model names the weight that smoothed a model's S (no option sets it).
+SMOOTHING_OMEGA = "omega of S"
 
 # field -> option name (the coarse rank is the field r, the option nlss_rank).
 OPTION_NAMES = {
@@ -217,6 +221,8 @@ class TwoGridOptions:
             set_(self, "smoothing_omega", float(_omega(self.smoothing_omega)))
         set_(self, "given", frozenset(self.given))
         set_(self, "from_model", frozenset(self.from_model))
+        if self.coarse in ("svd", "nlss") and self.r > self.K and "nlss_rank" not in self.given:
+            set_(self, "r", self.K)  # the default rank adapts to a given K (at most K)
         if self.coarse in ("svd", "nlss") and self.r > self.K:
             raise ValueError(f"nlss_rank must be <= nlss_K for nlss_coarse {self.coarse}; "
                              f"got nlss_rank {self.r} > nlss_K {self.K}")
@@ -296,7 +302,8 @@ def merge_checkpoint(opts: TwoGridOptions, settings, *,
                      where: str = "the model") -> TwoGridOptions:
     """Take every setting the user did not give from a checkpoint's settings (issue 18).
 
-    ``K``, ``sweeps`` and the smoothing weight come from the checkpoint; the coarse rank
+    ``K``, ``sweeps`` and the weight that smooths ``S`` come from the checkpoint (``nlss_omega``
+    stays the cycle's smoother weight, checked against this matrix); the coarse rank
     is ``r_max`` or the user's ``nlss_rank`` if smaller; ``nlss_pde``, if given, must be the
     checkpoint's family. A given value that contradicts the checkpoint is refused.
 
@@ -326,7 +333,7 @@ def merge_checkpoint(opts: TwoGridOptions, settings, *,
     >>> s = SimpleNamespace(K=8, r_max=6, sweeps=10, omega=0.66, pde="diffusion")
     >>> o = merge_checkpoint(parse_options({"nlss_coarse": "nlss"}), s)
     >>> (o.K, o.r, sorted(o.from_model))
-    (8, 6, ['nlss_K', 'nlss_omega', 'nlss_rank', 'nlss_sweeps'])
+    (8, 6, ['nlss_K', 'nlss_rank', 'nlss_sweeps', 'omega of S'])
     """
     given = opts.given
     out: dict[str, Any] = {}
@@ -344,13 +351,10 @@ def merge_checkpoint(opts: TwoGridOptions, settings, *,
         else:
             out[name] = theirs
             taken.add(OPTION_NAMES[name])
-    theirs = float(settings.omega)
-    if "nlss_omega" in given:
-        if opts.omega != "auto" and not math.isclose(opts.omega, theirs, rel_tol=1e-12):
-            refuse("nlss_omega", opts.omega, theirs, "omega")
-    else:
-        taken.add("nlss_omega")
-    out["smoothing_omega"] = theirs
+    # The weight that smoothed the model's S is the model's; nlss_omega is the cycle's
+    # smoother weight (auto: checked against lambda_max), a different thing.
+    out["smoothing_omega"] = float(settings.omega)
+    taken.add(SMOOTHING_OMEGA)
     r_max = int(settings.r_max)
     if "nlss_rank" in given:
         if opts.r > r_max:

@@ -465,7 +465,7 @@ class TwoGridPC:
                      f"{self.omega_reason}")
         if o.from_model:
             value = {"nlss_K": o.K, "nlss_rank": o.r, "nlss_sweeps": o.sweeps,
-                     "nlss_omega": o.smoothing_omega}
+                     options.SMOOTHING_OMEGA: o.smoothing_omega}
             lines.append("  from the model: " + ", ".join(
                 f"{k}={value.get(k)}" for k in sorted(o.from_model)))
         if self._unused:

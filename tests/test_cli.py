@@ -277,9 +277,12 @@ def test_solve_takes_the_models_settings(tiny_model, tmp_path):
     proc = cli("solve", "--model", tiny_model, tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "pde=diffusion" in proc.stdout and "method NLSS" in proc.stdout
-    # A smaller rank than r_max is fine.
+    # A smaller rank than r_max is fine; so is K given equal to the model's (the rank still
+    # comes from the model, not from the built-in default).
     proc = cli("solve", "--model", tiny_model, "--rank", "4", tmp_path=tmp_path)
     assert proc.returncode == 0 and "(rank 4," in proc.stdout, proc.stderr
+    proc = cli("solve", "--model", tiny_model, "--K", "8", tmp_path=tmp_path)
+    assert proc.returncode == 0 and "(rank 8," in proc.stdout, proc.stderr
 
 
 @pytest.mark.parametrize(("args", "expected"), [

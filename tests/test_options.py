@@ -97,7 +97,23 @@ def test_checkpoint_fills_what_was_not_given():
                          SETTINGS, where="m.pt")
     assert (o.K, o.sweeps, o.r, o.smoothing_omega, o.omega) == (8, 7, 6, 0.66, "auto")
     assert o.S_omega == 0.66
-    assert o.from_model == {"nlss_K", "nlss_sweeps", "nlss_rank", "nlss_omega"}
+    assert o.from_model == {"nlss_K", "nlss_sweeps", "nlss_rank", "omega of S"}
+
+
+def test_nlss_omega_is_the_cycles_weight_not_the_models_smoothing_weight():
+    # The model smoothed S with 0.66; the user's nlss_omega is the cycle smoother's weight
+    # (checked against the matrix, not the checkpoint): never a contradiction.
+    o = merge_checkpoint(parse_options({"nlss_coarse": "nlss", "nlss_omega": "0.5"}),
+                         SETTINGS, where="m.pt")
+    assert (o.omega, o.S_omega) == (0.5, 0.66)
+
+
+def test_a_given_k_equal_to_the_models_is_accepted_without_a_rank():
+    o = merge_checkpoint(parse_options({"nlss_coarse": "nlss", "nlss_K": "8"}), SETTINGS)
+    assert (o.K, o.r) == (8, 6) and "nlss_rank" in o.from_model
+    assert parse_options({"nlss_K": "16"}).r == 16  # the default rank is at most K
+    with pytest.raises(ValueError, match="nlss_rank must be <= nlss_K"):
+        parse_options({"nlss_K": "16", "nlss_rank": "48"})
 
 
 def test_checkpoint_rank_is_the_smaller_of_r_max_and_the_given_one():
@@ -111,8 +127,6 @@ def test_checkpoint_rank_is_the_smaller_of_r_max_and_the_given_one():
 @pytest.mark.parametrize(("given", "expected"), [
     ({"nlss_K": "72"}, "nlss_K 72 contradicts m.pt, which was trained with K=8"),
     ({"nlss_sweeps": "10"}, "nlss_sweeps 10 contradicts m.pt, which was trained with sweeps=7"),
-    ({"nlss_omega": "0.5"}, "nlss_omega 0.5 contradicts m.pt, which was trained with "
-                            "omega=0.66"),
     ({"nlss_pde": "anisotropic"}, "nlss_pde anisotropic contradicts m.pt, which was trained "
                                   "with pde=diffusion"),
 ])
@@ -127,7 +141,7 @@ def test_agreeing_values_are_accepted():
     opts = parse_options({"nlss_coarse": "nlss", "nlss_rank": "4", "nlss_K": "8",
                           "nlss_sweeps": "7", "nlss_omega": "0.66", "nlss_pde": "diffusion"})
     o = merge_checkpoint(opts, SETTINGS)
-    assert (o.K, o.sweeps, o.r) == (8, 7, 4) and o.from_model == frozenset()
+    assert (o.K, o.sweeps, o.r) == (8, 7, 4) and o.from_model == {"omega of S"}
 
 
 def test_mg_options_structure_refused_levels_and_coarse_honoured():

@@ -466,7 +466,7 @@ def test_model_settings_fill_what_the_user_did_not_give(tiny_model, capsys):
     assert (ctx.options.K, ctx.options.r, ctx.options.sweeps, ctx.coarse_size) == (8, 6, 7, 6)
     # Defaults: the int8 backend for the network, float32 smoothing of S (serial).
     assert ctx.options.precision == "int8" and ctx.S.dtype == np.float32
-    assert ("  from the model: nlss_K=8, nlss_omega=0.66, nlss_rank=6, nlss_sweeps=7"
+    assert ("  from the model: nlss_K=8, nlss_rank=6, nlss_sweeps=7, omega of S=0.66"
             in ctx.describe())
     ref = _lu(prob)
     np.testing.assert_allclose(uh.x.array, ref, atol=1e-6 * np.abs(ref).max())
