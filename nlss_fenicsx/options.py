@@ -85,6 +85,7 @@ _USED_BY = {
 MG_OPTIONS = ("mg_levels_", "mg_coarse_", "pc_mg_cycle_type", "pc_mg_multiplicative_cycles",
               "pc_mg_distinct_smoothup", "pc_mg_log")
 _MINIMUM = {"r": 1, "K": 1, "sweeps": 0, "nu": 1, "seed": 0}
+_LARGEST = 2**31 - 1  # PETSc's (32-bit) integers
 _CHOICES = {"coarse": COARSE_KINDS, "smoother": SMOOTHERS, "precision": PRECISIONS}
 
 
@@ -93,9 +94,10 @@ def _integer(name: str, value: Any, minimum: int) -> int:
         text = value.strip()
         if text.lstrip("+-").isdigit():
             value = int(text)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{OPTION_NAMES[name]}: expected an integer >= {minimum}, "
-                         f"got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
+            or value > _LARGEST):
+        raise ValueError(f"{OPTION_NAMES[name]}: expected an integer in [{minimum}, "
+                         f"{_LARGEST}], got {value!r}")
     return value
 
 

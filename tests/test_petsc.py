@@ -202,8 +202,8 @@ def test_linear_problem_non_convergence_is_reported_with_reason():
 
 
 @pytest.mark.parametrize(("key", "value", "expected"), [
-    ("nlss_rank", 48.0, "nlss_rank: expected an integer >= 1, got '48.0'"),
-    ("nlss_rank", "abc", "nlss_rank: expected an integer >= 1, got 'abc'"),
+    ("nlss_rank", 48.0, "nlss_rank: expected an integer in [1, 2147483647], got '48.0'"),
+    ("nlss_rank", "abc", "nlss_rank: expected an integer in [1, 2147483647], got 'abc'"),
     ("nlss_omega", "fast", "nlss_omega: expected 'auto' or a number > 0, got 'fast'"),
     ("nlss_coarse", "magic", "nlss_coarse: expected one of svd, sa, sine, eig-ref, eig, "
                              "fixed, nlss, corrected; got 'magic'"),
