@@ -57,6 +57,7 @@ __all__ = [
     "PAPER_OMEGA",
     "SAFETY",
     "SMOOTHERS",
+    "WEAKEST",
     "Smoother",
     "chebyshev_interval",
     "chebyshev_iteration",
@@ -126,6 +127,17 @@ def _positive_estimate(lam_max) -> float:
     return lam
 
 
+# A smoother weaker than this hardly smooths: the two-level operator is then nearly singular,
+# and CG's preconditioned residual can report a convergence the true residual does not have.
+WEAKEST = 0.1
+
+
+def _too_weak(what: str, why: str) -> str:
+    return (f"{what} is too small to smooth: {why}; the preconditioner would be nearly "
+            "singular and CG could report a convergence the true residual does not have; "
+            "use omega = 'auto'")
+
+
 def _explicit_weight(omega) -> float:
     if isinstance(omega, bool) or not isinstance(omega, int | float | np.number):
         raise ValueError(f"expected omega to be 'auto' or a number, got {omega!r}")
@@ -161,7 +173,8 @@ def jacobi_weight(omega, lam_max: float) -> tuple[float, str]:
     ValueError
         If ``omega`` is neither ``"auto"`` nor a finite positive number, if ``lam_max`` is
         not finite and positive, or if an explicit ``omega`` is unsafe (the message names
-        ``omega``, the estimate and the bound).
+        ``omega``, the estimate and the bound) or too weak to smooth
+        (``omega * lam_max < WEAKEST``).
 
     Examples
     --------
@@ -192,6 +205,9 @@ def jacobi_weight(omega, lam_max: float) -> tuple[float, str]:
             f"{PAPER_OMEGA * hi:.3f} >= 2)"
         )
     w = _explicit_weight(omega)
+    if w * lam < WEAKEST:
+        raise ValueError(_too_weak(f"omega = {w:g}", f"omega * lambda_max(D^-1 A) = "
+                                   f"{w * lam:.3g} < {WEAKEST} (lambda_max ~ {lam:.4g})"))
     if not w * hi < 2.0:
         raise ValueError(
             f"omega = {w:g} is unsafe for this matrix: lambda_max(D^-1 A) is estimated at "
@@ -208,8 +224,9 @@ def sor_weight(omega) -> tuple[float, str]:
     Raises
     ------
     ValueError
-        Unless ``omega`` is ``"auto"`` or a number with ``0 < omega < 2`` (the range where
-        SOR converges for every SPD matrix).
+        Unless ``omega`` is ``"auto"`` or a number with ``WEAKEST <= omega < 2`` (SOR
+        converges for every SPD matrix when ``0 < omega < 2``; below ``WEAKEST`` it hardly
+        smooths).
 
     Examples
     --------
@@ -224,6 +241,8 @@ def sor_weight(omega) -> tuple[float, str]:
     if not w < 2.0:
         raise ValueError(f"expected 0 < omega < 2 for SOR (convergent for any SPD A), "
                          f"got omega = {w:g}")
+    if w < WEAKEST:
+        raise ValueError(_too_weak(f"omega = {w:g}", f"SOR needs {WEAKEST} <= omega < 2"))
     return w, f"omega = {w:g} (given): 0 < omega < 2, convergent for any SPD A"
 
 

@@ -262,3 +262,17 @@ def test_inverse_diagonal():
                         ([np.inf, 1.0], r"A\[0, 0\] = inf")):
         with pytest.raises(ValueError, match=match):
             inverse_diagonal(sp.diags(diag))
+
+
+@pytest.mark.parametrize(("omega", "smoother"), [(1e-9, "sor"), (1e-6, "sor"),
+                                                 (1e-6, "jacobi"), (0.02, "jacobi")])
+def test_a_weight_too_small_to_smooth_is_refused(omega, smoother):
+    # Such weights made the two-level operator nearly singular: CG's preconditioned residual
+    # then reported convergence while the true residual was 3.1 (the red team's finding).
+    with pytest.raises(ValueError, match="too small to smooth") as info:
+        if smoother == "sor":
+            sor_weight(omega)
+        else:
+            jacobi_weight(omega, 2.2)
+    assert "\n" not in str(info.value)
+    assert jacobi_weight(0.1, 2.2)[0] == 0.1 and sor_weight(0.1)[0] == 0.1
