@@ -81,9 +81,9 @@ _USED_BY = {
     "basis": ("fixed",), "K": ("svd", "nlss"), "sweeps": ("svd", "nlss"),
     "r": ("svd", "nlss", "sine", "eig-ref", "eig", "fixed", "corrected"),
 }
-# Options of the inner PCMG (under <prefix>nlss_mg_) that a user may set.
-MG_OPTIONS = ("mg_levels_", "mg_coarse_", "pc_mg_cycle_type", "pc_mg_multiplicative_cycles",
-              "pc_mg_distinct_smoothup", "pc_mg_log")
+# Options of the inner PCMG (under <prefix>nlss_mg_) that a user may set: the coarse solver
+# and the cycle; the level smoother is the package's (nlss_smoother, nlss_nu, nlss_omega).
+MG_OPTIONS = ("mg_coarse_", "pc_mg_cycle_type", "pc_mg_multiplicative_cycles", "pc_mg_log")
 _MINIMUM = {"r": 1, "K": 1, "sweeps": 0, "nu": 1, "seed": 0}
 _LARGEST = 2**31 - 1  # PETSc's (32-bit) integers
 _CHOICES = {"coarse": COARSE_KINDS, "smoother": SMOOTHERS, "precision": PRECISIONS}
@@ -385,22 +385,32 @@ def check_mg_options(items) -> None:
     ValueError
         For a key that is not one of :data:`MG_OPTIONS` (``pc_type`` is accepted only as
         ``mg``): the inner PCMG must keep its two levels, its interpolation ``P`` and its
-        Galerkin coarse operator; and for a smoother or cycle count below 1 (a singular
-        preconditioner).
+        Galerkin coarse operator; for the level smoother's options (``mg_levels_*``,
+        ``pc_mg_distinct_smoothup``: the package's smoother options keep it convergent, and
+        the cycle symmetric); for a Krylov coarse solve (``mg_coarse_ksp_type`` other than
+        ``preonly``); and for a cycle count below 1 (a singular preconditioner).
 
     Examples
     --------
-    >>> check_mg_options([("mg_levels_ksp_max_it", "3")])
+    >>> check_mg_options([("mg_coarse_pc_type", "lu"), ("pc_mg_cycle_type", "w")])
     >>> check_mg_options([("pc_type", "jacobi")])
     Traceback (most recent call last):
     ...
     ValueError: nlss_mg_pc_type 'jacobi' is refused: the inner PCMG of TwoGridPC takes only \
-nlss_mg_mg_levels_*, nlss_mg_mg_coarse_*, nlss_mg_pc_mg_cycle_type, \
-nlss_mg_pc_mg_multiplicative_cycles, nlss_mg_pc_mg_distinct_smoothup, nlss_mg_pc_mg_log
+nlss_mg_mg_coarse_*, nlss_mg_pc_mg_cycle_type, nlss_mg_pc_mg_multiplicative_cycles, \
+nlss_mg_pc_mg_log
     """
     for key, value in items:
         if key == "pc_type" and value == "mg":
             continue
+        if key.startswith("mg_levels_") or key == "pc_mg_distinct_smoothup":
+            raise ValueError(f"nlss_mg_{key} {value!r} is refused: the level smoother is set "
+                             "by nlss_smoother, nlss_nu and nlss_omega, which keep it convergent "
+                             "(and the two-level operator SPD) for this matrix")
+        if key == "mg_coarse_ksp_type" and str(value).lower() != "preonly":
+            raise ValueError(f"nlss_mg_{key} {value!r} is refused: a Krylov coarse solve makes "
+                             "the preconditioner nonlinear, which CG does not allow; choose the "
+                             "coarse solver with nlss_mg_mg_coarse_pc_type")
         if not key.startswith(MG_OPTIONS):
             allowed = ", ".join("nlss_mg_" + o + ("*" if o.endswith("_") else "")
                                 for o in MG_OPTIONS)

@@ -31,9 +31,11 @@ Set-up (collective; any rank's failure is the same error on every rank):
    factored once, its interval from a CG-Lanczos estimate of ``lambda_max(M^-1 A)``, see
    :mod:`nlss_fenicsx.levels`), the coarse level a Cholesky
    solve (redundant in parallel). Options under ``<prefix>nlss_mg_`` are the user's for
-   this inner PCMG: ``mg_levels_*``, ``mg_coarse_*``, ``pc_mg_cycle_type``,
-   ``pc_mg_multiplicative_cycles``, ``pc_mg_distinct_smoothup`` and ``pc_mg_log`` are
-   honoured, anything else is refused in one line; they are never overwritten or deleted.
+   this inner PCMG: the coarse solver (``mg_coarse_*``, a direct or other linear PC),
+   ``pc_mg_cycle_type``, ``pc_mg_multiplicative_cycles`` and ``pc_mg_log`` are honoured;
+   the level smoother's (``mg_levels_*``) and anything else are refused in one line (the
+   smoother is set by ``nlss_smoother``, ``nlss_nu``, ``nlss_omega``, which keep it
+   convergent); they are never overwritten or deleted.
 
 Every application then runs in C. The operator equals :class:`nlss_fenicsx.twogrid.TwoGrid`
 with the same smoother. A PETSc error in set-up is raised as itself; ``NotSPDError`` only

@@ -145,19 +145,30 @@ def test_agreeing_values_are_accepted():
     assert (o.K, o.sweeps, o.r) == (8, 7, 4) and o.from_model == {"omega of S"}
 
 
-def test_mg_options_structure_refused_levels_and_coarse_honoured():
-    check_mg_options([("mg_levels_ksp_type", "chebyshev"), ("mg_coarse_pc_type", "lu"),
-                      ("pc_mg_cycle_type", "w"), ("pc_type", "mg")])
+def test_mg_options_structure_and_level_smoother_refused_coarse_honoured():
+    check_mg_options([("mg_coarse_pc_type", "lu"), ("mg_coarse_ksp_type", "preonly"),
+                      ("pc_mg_cycle_type", "w"), ("pc_mg_multiplicative_cycles", "2"),
+                      ("pc_type", "mg")])
     for key, value in [("pc_type", "jacobi"), ("pc_type", "MG"), ("pc_mg_levels", "3"),
                        ("pc_mg_galerkin", "both"), ("ksp_type", "cg")]:
-        with pytest.raises(ValueError, match=f"nlss_mg_{key} '{value}' is refused"):
+        with pytest.raises(ValueError, match=f"nlss_mg_{key} '{value}' is refused: the inner"):
             check_mg_options([(key, value)])
-    for key, value in [("mg_levels_ksp_max_it", "0"), ("mg_levels_ksp_max_it", "abc"),
-                       ("mg_levels_up_ksp_max_it", "-1"), ("pc_mg_multiplicative_cycles", "0")]:
+    # The level smoother's own options would undo its guarantee (a Richardson scale of 5 or
+    # no level PC made CG report DIVERGED_INDEFINITE_PC on an SPD matrix), and a distinct
+    # up-smoother makes the cycle non-symmetric.
+    for key, value in [("mg_levels_ksp_richardson_scale", "5"), ("mg_levels_pc_type", "none"),
+                       ("mg_levels_ksp_max_it", "3"), ("pc_mg_distinct_smoothup", "1")]:
+        with pytest.raises(ValueError, match=f"nlss_mg_{key} '{value}' is refused: the level "
+                                             "smoother is set by nlss_smoother"):
+            check_mg_options([(key, value)])
+    with pytest.raises(ValueError, match="a Krylov coarse solve makes the preconditioner"):
+        check_mg_options([("mg_coarse_ksp_type", "cg")])
+    for key, value in [("pc_mg_multiplicative_cycles", "0"),
+                       ("pc_mg_multiplicative_cycles", "abc")]:
         with pytest.raises(ValueError, match=f"^nlss_mg_{key}: expected an integer >= 1, "
                                              f"got '{value}'$"):
             check_mg_options([(key, value)])
-    assert all(k.startswith(MG_OPTIONS) or k == "pc_mg_galerkin"
+    assert all(k.startswith(("mg_levels_", *MG_OPTIONS)) or k == "pc_mg_galerkin"
                for k in mg_defaults("sor", 2, omega=1.0, parallel=True))
 
 

@@ -255,36 +255,37 @@ def test_small_problem_clips_k_and_rank_with_one_line():
 
 def test_user_mg_options_are_honoured_and_never_deleted():
     db = PETSc.Options()
-    db["mguser_nlss_mg_mg_levels_ksp_max_it"] = "2"  # set globally, before the problem
+    db["mguser_nlss_mg_mg_coarse_pc_type"] = "lu"  # set globally, before the problem
     try:
         prob, lp = _problem("mguser_", {"nlss_rank": 8, "nlss_K": 12, "ksp_rtol": 1e-10,
-                                        "nlss_mg_mg_coarse_pc_type": "lu",
+                                        "nlss_mg_pc_mg_multiplicative_cycles": "2",
                                         "nlss_mg_pc_mg_cycle_type": "w"}, N=10)
         uh = lp.solve()
         mg = lp.solver.getPC().getPythonContext().inner
-        assert mg.getMGSmoother(1).getTolerances()[3] == 2
         assert mg.getMGCoarseSolve().getPC().getType() == "lu"
-        assert db.getAll()["mguser_nlss_mg_mg_levels_ksp_max_it"] == "2"  # still there
+        assert db.getAll()["mguser_nlss_mg_mg_coarse_pc_type"] == "lu"  # still there
         ref = _lu(prob)
         np.testing.assert_allclose(uh.x.array, ref, atol=1e-7 * np.abs(ref).max())
     finally:
-        db.delValue("mguser_nlss_mg_mg_levels_ksp_max_it")
+        db.delValue("mguser_nlss_mg_mg_coarse_pc_type")
 
 
 @pytest.mark.parametrize(("key", "value"), [("pc_type", "jacobi"), ("pc_mg_levels", "3"),
-                                            ("pc_mg_galerkin", "both"), ("ksp_type", "gmres")])
+                                            ("pc_mg_galerkin", "both"), ("ksp_type", "gmres"),
+                                            ("mg_levels_ksp_richardson_scale", "5"),
+                                            ("mg_levels_pc_type", "none")])
 def test_structural_mg_options_are_refused_in_one_line(key, value):
     _, lp = _problem(f"mgbad{key}_", {f"nlss_mg_{key}": value}, N=6)
     try:
-        with pytest.raises(ValueError, match=f"^nlss_mg_{key} '{value}' is refused: the inner "
-                                             "PCMG of TwoGridPC takes only"), npc.python_errors():
+        with pytest.raises(ValueError, match=f"^nlss_mg_{key} '{value}' is refused: the "
+                                             "(inner PCMG|level smoother)"), npc.python_errors():
             lp.solve()
     finally:  # the PC leaves a user's option alone; the test removes its own
         del PETSc.Options()[f"mgbad{key}_nlss_mg_{key}"]
 
 
 def test_a_petsc_error_is_reported_as_itself():
-    _, lp = _problem("mgpetsc_", {"nlss_mg_mg_levels_ksp_type": "nonsense"}, N=6)
+    _, lp = _problem("mgpetsc_", {"nlss_mg_mg_coarse_pc_type": "nonsense"}, N=6)
     with pytest.raises(PETSc.Error) as info, npc.python_errors():
         lp.solve()
     assert not isinstance(info.value, NotSPDError)
