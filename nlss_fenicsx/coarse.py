@@ -63,6 +63,7 @@ __all__ = [
     "clear_reference_cache",
     "coarse_basis",
     "load_basis",
+    "rank_limit",
     "sa_amg_basis",
     "save_basis",
     "sine_basis",
@@ -74,6 +75,47 @@ COARSE_KINDS = ("svd", "sa", "sine", "eig-ref", "eig", "fixed", "nlss", "correct
 
 # eig-ref: the reference eigenvectors of the meshes met in this process.
 _REFERENCE = spectral.ReferenceCache()
+
+
+def rank_limit(kind: str, A_local, *, lo: int = 0, comm=None) -> int:
+    """Return the largest coarse rank ``r`` that ``kind`` can build for this matrix.
+
+    ``n`` for most kinds; ``(N - 1)^2`` interior modes for ``sine`` on the ``(N+1)^2``
+    grid; for ``eig`` and ``eig-ref`` one less than the unknowns that are not Dirichlet
+    (identity) rows, whose eigenvectors they take. Collective when ``comm`` is given.
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`COARSE_KINDS`.
+    A_local : scipy.sparse matrix, shape (n_local, n)
+        This rank's rows of ``A`` (global columns).
+    lo : int
+        Global index of this rank's first row.
+    comm : mpi4py.MPI.Comm, optional
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp
+    >>> A = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(9, 9), format="csr")
+    >>> rank_limit("eig", A), rank_limit("sine", A), rank_limit("svd", A)
+    (8, 1, 9)
+    """
+    n = A_local.shape[1]
+    if kind == "sine":
+        try:
+            return (spectral.grid_size(n) - 1) ** 2
+        except ValueError:
+            return n  # not a unit-square grid: the dispatcher says so
+    if kind in ("eig", "eig-ref"):
+        local = spectral.identity_rows(A_local, lo=lo)
+        dirichlet = int(allsum(comm, np.array([local.sum()], dtype=float))[0])
+        return max(1, n - dirichlet - 1)
+    return n
 
 
 def clear_reference_cache() -> None:

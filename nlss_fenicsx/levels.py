@@ -7,6 +7,10 @@ Its interval needs ``lambda_max(M^-1 A)``, so ``M`` is factored first
 CG-Lanczos as the SciPy core's :func:`~nlss_fenicsx.relaxation.lambda_max_preconditioned`,
 distributed), and the factored PC then handed to the inner PCMG's level smoother (no second
 factorisation).
+
+The inner PCMG's options: :func:`mg_defaults` (what the package sets for each smoother) and
+:func:`check_mg_options` (what a user may add under ``<prefix>nlss_mg_``: the coarse solver and
+the cycle, not the level smoother, whose guarantee the package's options keep).
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from nlss_fenicsx import la
 from nlss_fenicsx._fenicsx import PETSc
 from nlss_fenicsx.lanczos import start_vector
 
-__all__ = ["DENSE_CHECK_MAX", "check_coarse", "check_coarse_solver", "icc_preconditioner",
-           "lambda_max_pc", "reuse_key", "set_up_with_options"]
+__all__ = ["DENSE_CHECK_MAX", "MG_OPTIONS", "check_coarse", "check_coarse_solver",
+           "check_mg_options", "icc_preconditioner", "lambda_max_pc", "mg_defaults",
+           "reuse_key", "set_up_with_options"]
 
 # Dense check of Ac (gathered to every rank) up to this size; above it (sa on large
 # problems) symmetry is checked in PETSc and the factorisation reports the rest.
@@ -206,7 +211,7 @@ def set_up_with_options(target, prefix: str, wanted: dict) -> None:
     prefix : str
         The inner PCMG's options prefix.
     wanted : dict of str to str or None
-        Keys relative to ``prefix`` (:func:`nlss_fenicsx.options.mg_defaults`).
+        Keys relative to ``prefix`` (:func:`mg_defaults`).
 
     Raises
     ------
@@ -280,3 +285,131 @@ def reuse_key(A, opts, order, *, given_P: bool = False):
     ns = A.getNullSpace()
     return (opts, A.getSizes(), A.getBlockSize(), ns is not None and bool(ns.handle),
             None if order is None else order.tobytes())
+
+
+# Options of the inner PCMG (under <prefix>nlss_mg_) that a user may set: the coarse solver
+# and the cycle; the level smoother is the package's (nlss_smoother, nlss_nu, nlss_omega).
+MG_OPTIONS = ("mg_coarse_", "pc_mg_cycle_type", "pc_mg_multiplicative_cycles", "pc_mg_log")
+
+
+def check_mg_options(items) -> None:
+    """Refuse options of the inner PCMG that would change its structure.
+
+    Parameters
+    ----------
+    items : iterable of (str, str or None)
+        Keys under ``<prefix>nlss_mg_`` (without it) and their values.
+
+    Raises
+    ------
+    ValueError
+        For a key that is not one of :data:`MG_OPTIONS` (``pc_type`` is accepted only as
+        ``mg``): the inner PCMG must keep its two levels, its interpolation ``P`` and its
+        Galerkin coarse operator; for the level smoother's options (``mg_levels_*``,
+        ``pc_mg_distinct_smoothup``: the package's smoother options keep it convergent, and
+        the cycle symmetric); for a Krylov coarse solve (``mg_coarse_ksp_type`` other than
+        ``preonly``); and for a cycle count below 1 (a singular preconditioner).
+
+    Examples
+    --------
+    >>> check_mg_options([("mg_coarse_pc_type", "lu"), ("pc_mg_cycle_type", "w")])
+    >>> check_mg_options([("pc_type", "jacobi")])
+    Traceback (most recent call last):
+    ...
+    ValueError: nlss_mg_pc_type 'jacobi' is refused: the inner PCMG of TwoGridPC takes only \
+nlss_mg_mg_coarse_*, nlss_mg_pc_mg_cycle_type, nlss_mg_pc_mg_multiplicative_cycles, \
+nlss_mg_pc_mg_log
+    """
+    for key, value in items:
+        if key == "pc_type" and value == "mg":
+            continue
+        if key.startswith("mg_levels_") or key == "pc_mg_distinct_smoothup":
+            raise ValueError(f"nlss_mg_{key} {value!r} is refused: the level smoother is set "
+                             "by nlss_smoother, nlss_nu and nlss_omega, which keep it convergent "
+                             "(and the two-level operator SPD) for this matrix")
+        if key == "mg_coarse_ksp_type" and str(value).lower() != "preonly":
+            raise ValueError(f"nlss_mg_{key} {value!r} is refused: a Krylov coarse solve makes "
+                             "the preconditioner nonlinear, which CG does not allow; choose the "
+                             "coarse solver with nlss_mg_mg_coarse_pc_type")
+        if not key.startswith(MG_OPTIONS):
+            allowed = ", ".join("nlss_mg_" + o + ("*" if o.endswith("_") else "")
+                                for o in MG_OPTIONS)
+            raise ValueError(f"nlss_mg_{key} {value!r} is refused: the inner PCMG of "
+                             f"TwoGridPC takes only {allowed}")
+        # No cycle makes the preconditioner singular: CG would then report convergence on
+        # a zero preconditioned residual (a wrong answer).
+        if key == "pc_mg_multiplicative_cycles":
+            text = str(value).strip()
+            if not (text.isdigit() and int(text) >= 1):
+                raise ValueError(f"nlss_mg_{key}: expected an integer >= 1, got {value!r}")
+
+
+def mg_defaults(smoother: str, nu: int, *, omega: float | None = None,
+                interval: tuple[float, float] | None = None, parallel: bool = False,
+                singular: bool = False) -> dict[str, str | None]:
+    """Return the inner PCMG's settings as PETSc options (keys without ``nlss_mg_``).
+
+    Parameters
+    ----------
+    smoother : {"jacobi", "chebyshev", "sor", "icc"}
+        ``jacobi``: Richardson scaled by ``omega`` + PCJACOBI; ``chebyshev``: KSPCHEBYSHEV
+        on ``interval`` of ``D^-1 A`` + PCJACOBI (no eigenvalue estimate of its own);
+        ``sor``: Richardson + local symmetric SOR with weight ``omega`` (symmetric SOR on
+        one rank); ``icc``: KSPCHEBYSHEV on ``interval`` of ``M^-1 A`` + PCICC (ICC(0),
+        PETSc's positive-definite shift; block Jacobi with ICC(0) per rank in parallel);
+        for ``nu = 1`` the same operator as Richardson scaled by ``2 / (lo + hi)``.
+    nu : int
+        Sweeps (the level KSP's iterations), before and after the coarse correction.
+    omega : float, optional
+        Weight for ``jacobi`` and ``sor``.
+    interval : (float, float), optional
+        ``(lo, hi)`` for ``chebyshev`` and ``icc``.
+    parallel : bool
+        Coarse solve redundant (a Cholesky on every rank) instead of plain Cholesky.
+    singular : bool
+        ``A`` has a nullspace (semi-definite): the coarse solve is a pseudo-inverse (PCSVD)
+        instead of a Cholesky factorisation.
+
+    Returns
+    -------
+    dict
+        Option name to value (``None`` for a flag).
+
+    Examples
+    --------
+    >>> mg_defaults("jacobi", 5, omega=0.66)["mg_levels_ksp_richardson_scale"]
+    '0.66'
+    """
+    levels: dict[str, str | None] = {"mg_levels_ksp_max_it": str(nu),
+                                     "mg_levels_ksp_norm_type": "none"}
+    if smoother == "jacobi":
+        levels.update(mg_levels_ksp_type="richardson", mg_levels_pc_type="jacobi",
+                      mg_levels_ksp_richardson_scale=repr(float(omega)))
+    elif smoother in ("chebyshev", "icc"):
+        lo, hi = interval
+        levels.update(mg_levels_ksp_type="chebyshev", mg_levels_pc_type="jacobi",
+                      mg_levels_ksp_chebyshev_eigenvalues=f"{lo!r},{hi!r}",
+                      mg_levels_ksp_chebyshev_esteig_steps="0")
+        if smoother == "icc" and parallel:
+            levels.update(mg_levels_pc_type="bjacobi", mg_levels_sub_pc_type="icc")
+        elif smoother == "icc":
+            levels["mg_levels_pc_type"] = "icc"
+        if smoother == "icc" and nu == 1:  # degree 1 = Richardson with weight 2 / (lo + hi):
+            # the same operator, the simpler KSP
+            del levels["mg_levels_ksp_chebyshev_eigenvalues"]
+            del levels["mg_levels_ksp_chebyshev_esteig_steps"]
+            levels.update(mg_levels_ksp_type="richardson",
+                          mg_levels_ksp_richardson_scale=repr(2.0 / (lo + hi)))
+    else:
+        levels.update(mg_levels_ksp_type="richardson", mg_levels_pc_type="sor",
+                      mg_levels_ksp_richardson_scale="1.0",
+                      mg_levels_pc_sor_local_symmetric=None,
+                      mg_levels_pc_sor_omega=repr(float(omega)))
+    coarse: dict[str, str | None] = {"mg_coarse_ksp_type": "preonly",
+                                     "mg_coarse_pc_factor_shift_type": "none"}
+    solver = "svd" if singular else "cholesky"
+    if parallel:
+        coarse.update(mg_coarse_pc_type="redundant", mg_coarse_redundant_pc_type=solver)
+    else:
+        coarse["mg_coarse_pc_type"] = solver
+    return {"pc_mg_galerkin": "none", **levels, **coarse}

@@ -46,15 +46,13 @@ from typing import Any
 __all__ = [
     "COARSE_KINDS",
     "DEFAULT_NU",
-    "MG_OPTIONS",
     "OPTION_NAMES",
     "PRECISIONS",
     "SMOOTHERS",
     "SMOOTHING_OMEGA",
     "TwoGridOptions",
-    "check_mg_options",
+    "clip_to_problem",
     "merge_checkpoint",
-    "mg_defaults",
     "parse_options",
     "unused_options",
 ]
@@ -81,9 +79,6 @@ _USED_BY = {
     "basis": ("fixed",), "K": ("svd", "nlss"), "sweeps": ("svd", "nlss"),
     "r": ("svd", "nlss", "sine", "eig-ref", "eig", "fixed", "corrected"),
 }
-# Options of the inner PCMG (under <prefix>nlss_mg_) that a user may set: the coarse solver
-# and the cycle; the level smoother is the package's (nlss_smoother, nlss_nu, nlss_omega).
-MG_OPTIONS = ("mg_coarse_", "pc_mg_cycle_type", "pc_mg_multiplicative_cycles", "pc_mg_log")
 _MINIMUM = {"r": 1, "K": 1, "sweeps": 0, "nu": 1, "seed": 0}
 _LARGEST = 2**31 - 1  # PETSc's (32-bit) integers
 _CHOICES = {"coarse": COARSE_KINDS, "smoother": SMOOTHERS, "precision": PRECISIONS}
@@ -189,7 +184,7 @@ class TwoGridOptions:
     >>> TwoGridOptions(r=0)
     Traceback (most recent call last):
     ...
-    ValueError: nlss_rank: expected an integer >= 1, got 0
+    ValueError: nlss_rank: expected an integer in [1, 2147483647], got 0
     """
 
     coarse: str = "svd"
@@ -267,7 +262,7 @@ def parse_options(values: Mapping[str, Any]) -> TwoGridOptions:
     >>> parse_options({"nlss_rank": "48.0"})
     Traceback (most recent call last):
     ...
-    ValueError: nlss_rank: expected an integer >= 1, got '48.0'
+    ValueError: nlss_rank: expected an integer in [1, 2147483647], got '48.0'
     """
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
@@ -372,126 +367,43 @@ def merge_checkpoint(opts: TwoGridOptions, settings, *,
     return replace(opts, **out, from_model=frozenset(taken))
 
 
-def check_mg_options(items) -> None:
-    """Refuse options of the inner PCMG that would change its structure.
+def clip_to_problem(opts: TwoGridOptions, n: int,
+                    r_limit: int | None = None) -> tuple[TwoGridOptions, str]:
+    """Clip ``K`` and the coarse rank to what a problem of ``n`` unknowns allows.
 
     Parameters
     ----------
-    items : iterable of (str, str or None)
-        Keys under ``<prefix>nlss_mg_`` (without it) and their values.
-
-    Raises
-    ------
-    ValueError
-        For a key that is not one of :data:`MG_OPTIONS` (``pc_type`` is accepted only as
-        ``mg``): the inner PCMG must keep its two levels, its interpolation ``P`` and its
-        Galerkin coarse operator; for the level smoother's options (``mg_levels_*``,
-        ``pc_mg_distinct_smoothup``: the package's smoother options keep it convergent, and
-        the cycle symmetric); for a Krylov coarse solve (``mg_coarse_ksp_type`` other than
-        ``preonly``); and for a cycle count below 1 (a singular preconditioner).
-
-    Examples
-    --------
-    >>> check_mg_options([("mg_coarse_pc_type", "lu"), ("pc_mg_cycle_type", "w")])
-    >>> check_mg_options([("pc_type", "jacobi")])
-    Traceback (most recent call last):
-    ...
-    ValueError: nlss_mg_pc_type 'jacobi' is refused: the inner PCMG of TwoGridPC takes only \
-nlss_mg_mg_coarse_*, nlss_mg_pc_mg_cycle_type, nlss_mg_pc_mg_multiplicative_cycles, \
-nlss_mg_pc_mg_log
-    """
-    for key, value in items:
-        if key == "pc_type" and value == "mg":
-            continue
-        if key.startswith("mg_levels_") or key == "pc_mg_distinct_smoothup":
-            raise ValueError(f"nlss_mg_{key} {value!r} is refused: the level smoother is set "
-                             "by nlss_smoother, nlss_nu and nlss_omega, which keep it convergent "
-                             "(and the two-level operator SPD) for this matrix")
-        if key == "mg_coarse_ksp_type" and str(value).lower() != "preonly":
-            raise ValueError(f"nlss_mg_{key} {value!r} is refused: a Krylov coarse solve makes "
-                             "the preconditioner nonlinear, which CG does not allow; choose the "
-                             "coarse solver with nlss_mg_mg_coarse_pc_type")
-        if not key.startswith(MG_OPTIONS):
-            allowed = ", ".join("nlss_mg_" + o + ("*" if o.endswith("_") else "")
-                                for o in MG_OPTIONS)
-            raise ValueError(f"nlss_mg_{key} {value!r} is refused: the inner PCMG of "
-                             f"TwoGridPC takes only {allowed}")
-        # No smoothing or no cycle makes the preconditioner singular: CG would then
-        # report convergence on a zero preconditioned residual (a wrong answer).
-        if key.endswith(("ksp_max_it", "pc_mg_multiplicative_cycles")):
-            try:
-                _integer("nu", value, 1)
-            except ValueError:
-                raise ValueError(f"nlss_mg_{key}: expected an integer >= 1, got "
-                                 f"{value!r}") from None
-
-
-def mg_defaults(smoother: str, nu: int, *, omega: float | None = None,
-                interval: tuple[float, float] | None = None, parallel: bool = False,
-                singular: bool = False) -> dict[str, str | None]:
-    """Return the inner PCMG's settings as PETSc options (keys without ``nlss_mg_``).
-
-    Parameters
-    ----------
-    smoother : {"jacobi", "chebyshev", "sor", "icc"}
-        ``jacobi``: Richardson scaled by ``omega`` + PCJACOBI; ``chebyshev``: KSPCHEBYSHEV
-        on ``interval`` of ``D^-1 A`` + PCJACOBI (no eigenvalue estimate of its own);
-        ``sor``: Richardson + local symmetric SOR with weight ``omega`` (symmetric SOR on
-        one rank); ``icc``: KSPCHEBYSHEV on ``interval`` of ``M^-1 A`` + PCICC (ICC(0),
-        PETSc's positive-definite shift; block Jacobi with ICC(0) per rank in parallel);
-        for ``nu = 1`` the same operator as Richardson scaled by ``2 / (lo + hi)``.
-    nu : int
-        Sweeps (the level KSP's iterations), before and after the coarse correction.
-    omega : float, optional
-        Weight for ``jacobi`` and ``sor``.
-    interval : (float, float), optional
-        ``(lo, hi)`` for ``chebyshev`` and ``icc``.
-    parallel : bool
-        Coarse solve redundant (a Cholesky on every rank) instead of plain Cholesky.
-    singular : bool
-        ``A`` has a nullspace (semi-definite): the coarse solve is a pseudo-inverse (PCSVD)
-        instead of a Cholesky factorisation.
+    opts : TwoGridOptions
+    n : int
+        Unknowns of the problem.
+    r_limit : int, optional
+        The largest rank the coarse kind can build here (e.g. the interior sine modes),
+        at most ``n``.
 
     Returns
     -------
-    dict
-        Option name to value (``None`` for a flag).
+    opts : TwoGridOptions
+        With ``K <= n`` and ``r <= min(r_limit, K)`` (for the kinds that use them).
+    note : str
+        One line saying what was clipped, or ``""``.
 
     Examples
     --------
-    >>> mg_defaults("jacobi", 5, omega=0.66)["mg_levels_ksp_richardson_scale"]
-    '0.66'
+    >>> o, note = clip_to_problem(parse_options({"nlss_K": "72"}), 25)
+    >>> (o.K, o.r), note
+    ((25, 25), 'too small a problem for these values (n = 25 unknowns, nlss_coarse svd): \
+nlss_K clipped to 25, nlss_rank clipped to 25')
     """
-    levels: dict[str, str | None] = {"mg_levels_ksp_max_it": str(nu),
-                                     "mg_levels_ksp_norm_type": "none"}
-    if smoother == "jacobi":
-        levels.update(mg_levels_ksp_type="richardson", mg_levels_pc_type="jacobi",
-                      mg_levels_ksp_richardson_scale=repr(float(omega)))
-    elif smoother in ("chebyshev", "icc"):
-        lo, hi = interval
-        levels.update(mg_levels_ksp_type="chebyshev", mg_levels_pc_type="jacobi",
-                      mg_levels_ksp_chebyshev_eigenvalues=f"{lo!r},{hi!r}",
-                      mg_levels_ksp_chebyshev_esteig_steps="0")
-        if smoother == "icc" and parallel:
-            levels.update(mg_levels_pc_type="bjacobi", mg_levels_sub_pc_type="icc")
-        elif smoother == "icc":
-            levels["mg_levels_pc_type"] = "icc"
-        if smoother == "icc" and nu == 1:  # degree 1 = Richardson with weight 2 / (lo + hi):
-            # the same operator, the simpler KSP
-            del levels["mg_levels_ksp_chebyshev_eigenvalues"]
-            del levels["mg_levels_ksp_chebyshev_esteig_steps"]
-            levels.update(mg_levels_ksp_type="richardson",
-                          mg_levels_ksp_richardson_scale=repr(2.0 / (lo + hi)))
-    else:
-        levels.update(mg_levels_ksp_type="richardson", mg_levels_pc_type="sor",
-                      mg_levels_ksp_richardson_scale="1.0",
-                      mg_levels_pc_sor_local_symmetric=None,
-                      mg_levels_pc_sor_omega=repr(float(omega)))
-    coarse: dict[str, str | None] = {"mg_coarse_ksp_type": "preonly",
-                                     "mg_coarse_pc_factor_shift_type": "none"}
-    solver = "svd" if singular else "cholesky"
-    if parallel:
-        coarse.update(mg_coarse_pc_type="redundant", mg_coarse_redundant_pc_type=solver)
-    else:
-        coarse["mg_coarse_pc_type"] = solver
-    return {"pc_mg_galerkin": "none", **levels, **coarse}
+    clipped = {}
+    if opts.uses("K") and opts.K > n:
+        clipped["K"] = n
+    limit = n if r_limit is None else min(n, r_limit)
+    if opts.uses("K"):
+        limit = min(limit, clipped.get("K", opts.K))
+    if opts.uses("r") and opts.r > limit:
+        clipped["r"] = limit
+    if not clipped:
+        return opts, ""
+    what = ", ".join(f"{OPTION_NAMES[k]} clipped to {v}" for k, v in clipped.items())
+    return replace(opts, **clipped), (f"too small a problem for these values (n = {n} "
+                                      f"unknowns, nlss_coarse {opts.coarse}): {what}")

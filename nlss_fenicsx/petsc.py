@@ -49,7 +49,6 @@ from __future__ import annotations
 import difflib
 import time
 import warnings
-from dataclasses import replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -281,18 +280,14 @@ class TwoGridPC:
         n = A.getSize()[0]
         if opts.coarse == "nlss" and self._given_P is None:
             opts = self._with_model(A, comm, opts, n)
-        clipped = {}
-        if opts.uses("K") and opts.K > n:
-            clipped["K"] = n
-        limit = min(n, clipped.get("K", opts.K)) if opts.uses("K") else n
-        if opts.uses("r") and opts.r > limit:
-            clipped["r"] = limit
-        if clipped:
-            opts = replace(opts, **clipped)
-            if comm.rank == 0:
-                what = ", ".join(f"{options.OPTION_NAMES[k]} clipped to {v}"
-                                 for k, v in clipped.items())
-                _note(UserWarning, f"TwoGridPC: the problem has only n = {n} unknowns: {what}")
+        limit = n
+        if opts.coarse in ("sine", "eig", "eig-ref"):  # these build fewer than n columns
+            from nlss_fenicsx.coarse import rank_limit
+            limit = rank_limit(opts.coarse, la.petsc_to_csr(A), lo=A.getOwnershipRange()[0],
+                               comm=comm)
+        opts, note = options.clip_to_problem(opts, n, limit)
+        if note and comm.rank == 0:
+            _note(UserWarning, f"TwoGridPC: {note}")
         self._unused = options.unused_options(opts)
         if self._unused and comm.rank == 0:
             _note(OptionNotUsedWarning, f"TwoGridPC: {', '.join(self._unused)} "
@@ -389,7 +384,7 @@ class TwoGridPC:
         db = PETSc.Options()
         present = {k[len(prefix):]: v for k, v in db.getAll().items() if k.startswith(prefix)}
         with la.collective(comm):
-            options.check_mg_options({**self._mg_user, **present}.items())
+            levels.check_mg_options({**self._mg_user, **present}.items())
         self._P_mat = P_mat = la.mat_from_rows(A, P) if P_mat is None else P_mat
         self.coarse_size = P_mat.getSize()[1]
         # Galerkin Ac formed here rather than by PCMG: PCMG's own product puts 1 on an
@@ -416,7 +411,7 @@ class TwoGridPC:
 
     def _configure(self, pc, target, opts, comm):
         """Our options for the inner PCMG (or its level smoother on a refresh), then set up."""
-        wanted = {**options.mg_defaults(opts.smoother, opts.nu, omega=self.omega,
+        wanted = {**levels.mg_defaults(opts.smoother, opts.nu, omega=self.omega,
                                         interval=self._interval, parallel=comm.size > 1,
                                         singular=self._singular),
                   **self._mg_user}

@@ -217,16 +217,19 @@ def lowest_eigenvectors(A, r: int) -> np.ndarray:
     return np.ascontiguousarray(_fix_signs(V[:, order]))
 
 
-def identity_rows(A) -> np.ndarray:
+def identity_rows(A, *, lo: int = 0) -> np.ndarray:
     """Mark the rows of ``A`` whose only nonzero value is on the diagonal (Dirichlet rows).
 
     Parameters
     ----------
-    A : scipy.sparse matrix or numpy.ndarray, shape (n, n)
+    A : scipy.sparse matrix or numpy.ndarray, shape (n, n) or (n_local, n)
+        The matrix, or a block of its rows (global columns).
+    lo : int
+        Global index of the block's first row (its diagonal sits at column ``lo + i``).
 
     Returns
     -------
-    numpy.ndarray, shape (n,), bool
+    numpy.ndarray, shape (n,) or (n_local,), bool
 
     Examples
     --------
@@ -234,7 +237,7 @@ def identity_rows(A) -> np.ndarray:
     >>> identity_rows(np.array([[1.0, 0.0], [-1.0, 2.0]])).tolist()
     [True, False]
     """
-    return _local_identity_rows(sp.csr_matrix(A), 0)
+    return _local_identity_rows(sp.csr_matrix(A), lo)
 
 
 def pattern_laplacian(A) -> sp.csr_matrix:

@@ -7,11 +7,8 @@ import pytest
 
 from nlss_fenicsx import options
 from nlss_fenicsx.options import (
-    MG_OPTIONS,
     TwoGridOptions,
-    check_mg_options,
     merge_checkpoint,
-    mg_defaults,
     parse_options,
     unused_options,
 )
@@ -143,48 +140,6 @@ def test_agreeing_values_are_accepted():
                           "nlss_sweeps": "7", "nlss_omega": "0.66", "nlss_pde": "diffusion"})
     o = merge_checkpoint(opts, SETTINGS)
     assert (o.K, o.sweeps, o.r) == (8, 7, 4) and o.from_model == {"omega of S"}
-
-
-def test_mg_options_structure_and_level_smoother_refused_coarse_honoured():
-    check_mg_options([("mg_coarse_pc_type", "lu"), ("mg_coarse_ksp_type", "preonly"),
-                      ("pc_mg_cycle_type", "w"), ("pc_mg_multiplicative_cycles", "2"),
-                      ("pc_type", "mg")])
-    for key, value in [("pc_type", "jacobi"), ("pc_type", "MG"), ("pc_mg_levels", "3"),
-                       ("pc_mg_galerkin", "both"), ("ksp_type", "cg")]:
-        with pytest.raises(ValueError, match=f"nlss_mg_{key} '{value}' is refused: the inner"):
-            check_mg_options([(key, value)])
-    # The level smoother's own options would undo its guarantee (a Richardson scale of 5 or
-    # no level PC made CG report DIVERGED_INDEFINITE_PC on an SPD matrix), and a distinct
-    # up-smoother makes the cycle non-symmetric.
-    for key, value in [("mg_levels_ksp_richardson_scale", "5"), ("mg_levels_pc_type", "none"),
-                       ("mg_levels_ksp_max_it", "3"), ("pc_mg_distinct_smoothup", "1")]:
-        with pytest.raises(ValueError, match=f"nlss_mg_{key} '{value}' is refused: the level "
-                                             "smoother is set by nlss_smoother"):
-            check_mg_options([(key, value)])
-    with pytest.raises(ValueError, match="a Krylov coarse solve makes the preconditioner"):
-        check_mg_options([("mg_coarse_ksp_type", "cg")])
-    for key, value in [("pc_mg_multiplicative_cycles", "0"),
-                       ("pc_mg_multiplicative_cycles", "abc")]:
-        with pytest.raises(ValueError, match=f"^nlss_mg_{key}: expected an integer >= 1, "
-                                             f"got '{value}'$"):
-            check_mg_options([(key, value)])
-    assert all(k.startswith(("mg_levels_", *MG_OPTIONS)) or k == "pc_mg_galerkin"
-               for k in mg_defaults("sor", 2, omega=1.0, parallel=True))
-
-
-def test_mg_defaults_per_smoother():
-    j = mg_defaults("jacobi", 3, omega=0.5)
-    assert (j["mg_levels_ksp_type"], j["mg_levels_pc_type"],
-            j["mg_levels_ksp_richardson_scale"], j["mg_levels_ksp_max_it"]) == \
-        ("richardson", "jacobi", "0.5", "3")
-    c = mg_defaults("chebyshev", 2, interval=(0.2, 2.2))
-    assert c["mg_levels_ksp_chebyshev_eigenvalues"] == "0.2,2.2"
-    s = mg_defaults("sor", 2, omega=1.0, parallel=True)
-    assert "mg_levels_pc_sor_local_symmetric" in s and s["mg_coarse_pc_type"] == "redundant"
-    assert mg_defaults("jacobi", 1, omega=1.0)["mg_coarse_pc_type"] == "cholesky"
-    assert mg_defaults("jacobi", 1, omega=1.0, singular=True)["mg_coarse_pc_type"] == "svd"
-    assert mg_defaults("jacobi", 1, omega=1.0, singular=True,
-                       parallel=True)["mg_coarse_redundant_pc_type"] == "svd"
 
 
 def test_kinds_and_smoothers_agree_with_the_core():

@@ -671,3 +671,20 @@ def test_a_second_set_from_options_on_a_set_up_ksp_keeps_it_working(small_system
         ksp.destroy()
         for key in ("ksp_type", "ksp_rtol", "pc_type", "pc_python_type"):
             del db[prefix + key]
+
+
+@pytest.mark.parametrize(("coarse", "limit"), [("eig", 35), ("eig-ref", 35), ("sine", 36)])
+def test_a_rank_too_large_for_the_kind_is_clipped_to_one_it_can_build(coarse, limit):
+    # N=7: 64 unknowns, 28 of them Dirichlet rows (36 interior: eig takes fewer than 36),
+    # and (N-1)^2 = 36 interior sine modes. One note, then a solve; never a note then a
+    # refusal.
+    prob, lp = _problem(f"clip{coarse}_", {"nlss_coarse": coarse, "nlss_rank": 48,
+                                           "ksp_rtol": 1e-8}, N=7)
+    la.attach_node_order(lp.A, prob.V)
+    with pytest.warns(UserWarning, match=f"nlss_rank clipped to {limit}$"):
+        with npc.python_errors():
+            uh = lp.solve()
+    npc.check_converged(lp)
+    assert lp.solver.getPC().getPythonContext().coarse_size == limit
+    ref = _lu(prob)
+    np.testing.assert_allclose(uh.x.array, ref, atol=1e-6 * np.abs(ref).max())
