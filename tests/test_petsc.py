@@ -244,8 +244,8 @@ def test_options_not_used_by_the_kind_are_one_warning_line():
 
 def test_small_problem_clips_k_and_rank_with_one_line():
     _, lp = _problem("tiny_", {}, N=3)
-    with pytest.warns(UserWarning, match=r"only n = 16 unknowns: nlss_K clipped to 16, "
-                                         r"nlss_rank clipped to 16"):
+    with pytest.warns(UserWarning, match=r"\(n = 16 unknowns, nlss_coarse svd\): nlss_K "
+                                         r"clipped to 16, nlss_rank clipped to 16$"):
         lp.solve()
     assert npc.check_converged(lp) <= 2  # coarse space = everything: exact
 
