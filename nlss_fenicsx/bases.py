@@ -191,7 +191,8 @@ def sa_amg_basis(A, *, B=None, block_size: int = 1, seed: int = 0) -> sp.csr_mat
     A : scipy.sparse matrix or array, shape (n, n)
         Real SPD system matrix (copied to float64; PyAMG never sees the caller's object).
     B : array_like, shape (n, m), optional
-        Near-nullspace candidates (e.g. rigid-body modes); default the constant vector
+        Near-nullspace candidates (e.g. rigid-body modes; dependent ones are dropped);
+        default the constant vector
         per component (``ones((n, 1))`` for ``block_size = 1``, as in the paper).
     block_size : int, optional
         Unknowns per node (e.g. 3 for 3-D elasticity): ``A`` is aggregated node by node
@@ -240,6 +241,13 @@ def sa_amg_basis(A, *, B=None, block_size: int = 1, seed: int = 0) -> sp.csr_mat
         B = check_real_array("near-nullspace B", B, ndim=2)
         if B.shape[0] != n:
             raise ValueError(f"expected a near-nullspace B with n = {n} rows, got {B.shape}")
+        # An orthonormal basis of span(B): dependent or zero candidates (a repeated mode)
+        # would give PyAMG's tentative prolongator dependent columns, i.e. a singular Ac.
+        U, sigma, _ = np.linalg.svd(B, full_matrices=False)
+        keep = sigma > 1e-10 * (sigma[0] if sigma.size else 0.0)
+        if not keep.any():
+            raise ValueError("expected a nonzero near-nullspace B, got only zero vectors")
+        B = U[:, keep]
     if bs > 1:
         A = A.tobsr(blocksize=(bs, bs))
     # PyAMG draws from the legacy global RNG; seed it for this call only.

@@ -214,6 +214,12 @@ def test_sa_amg_basis_near_nullspace_and_block_size():
     assert (P1 != P).nnz == 0
     b = np.random.default_rng(0).standard_normal(n)
     assert pcg(A, b, TwoGrid(A, P), check=True)[1].converged
+    # Dependent or zero candidates (a repeated mode, a zero column) add nothing: the same
+    # span, a full-rank P and an SPD Ac (they used to make Ac singular).
+    redundant = np.hstack([B, B[:, :1], np.zeros((n, 1)), 2.0 * B[:, 1:2]])
+    P2 = sa_amg_basis(A, B=redundant, block_size=3)
+    assert P2.shape == P.shape
+    assert pcg(A, b, TwoGrid(A, P2), check=True)[1].converged
 
 
 def test_sa_amg_basis_refusals():
@@ -227,6 +233,8 @@ def test_sa_amg_basis_refusals():
         sa_amg_basis(laplacian(5), block_size=3)
     with pytest.raises(ValueError, match=r"near-nullspace B with n = 36 rows"):
         sa_amg_basis(laplacian(6), B=np.ones((35, 1)))
+    with pytest.raises(ValueError, match="nonzero near-nullspace B, got only zero vectors"):
+        sa_amg_basis(laplacian(6), B=np.zeros((36, 2)))
 
 
 # ------------------------------------------------------------------ sine
