@@ -27,6 +27,7 @@ __all__ = [
     "check_memory",
     "classify",
     "grid_n",
+    "mesh_or_grid",
     "int_at_least",
     "jitter",
     "merge_model_settings",
@@ -301,6 +302,20 @@ def serial_only(comm, command: str) -> None:
                          "mpiexec")
 
 
+def mesh_or_grid(args, default_N: int | None) -> int | None:
+    """Return ``--N`` (``default_N`` if not given); refuse ``--N`` together with ``--mesh``.
+
+    Raises
+    ------
+    UsageError
+        Both given: the mesh sets the problem's size.
+    """
+    if getattr(args, "mesh", None) is not None and args.N is not None:
+        raise UsageError(f"--N {args.N} and --mesh {args.mesh}: give one (the mesh sets the "
+                         "size of the problem)")
+    return default_N if args.N is None else args.N
+
+
 def grid_n(args) -> int | None:
     """Unknowns of the unit-square problem, ``(N+1)^2``; ``None`` on a mesh of one's own."""
     return None if getattr(args, "mesh", None) else (args.N + 1) ** 2
@@ -375,6 +390,7 @@ def _from_model(args) -> dict:
 
 def resolve_solve(args, comm) -> dict:
     """Resolve ``solve``'s model settings and defaults; return those taken from the model."""
+    args.N = mesh_or_grid(args, None)
     taken = _from_model(args) if args.model is not None else {}
     args.coarse = args.coarse or "svd"
     if args.coarse in LEARNED and args.model is None:

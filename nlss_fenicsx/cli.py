@@ -29,6 +29,7 @@ from nlss_fenicsx._cli_checks import (
     grid_n,
     int_at_least,
     jitter,
+    mesh_or_grid,
     mpi_world,
     on_root,
     open_unit_interval,
@@ -146,6 +147,7 @@ def _cmd_train(args, comm) -> int:
     from nlss_fenicsx._atomic import check_destination
 
     serial_only(comm, "train")
+    args.N = mesh_or_grid(args, 64)
     if args.rank > args.K:
         raise UsageError(f"--rank must be <= --K, got rank {args.rank} > K {args.K}")
     n = grid_n(args)
@@ -288,10 +290,10 @@ def _common(p, *, pde=FAMILIES, N_default=64, seed=True, mesh=False):
     p.add_argument("--pde", choices=pde, default=None if N_default is None else pde[0],
                    help="PDE family" + (" (default: the model's, else diffusion)"
                                         if N_default is None else " (default %(default)s)"))
-    p.add_argument("--N", type=int_at_least(2), default=N_default,
+    p.add_argument("--N", type=int_at_least(2), default=None if mesh else N_default,
                    help="cells per side of the unit square" + (
                        " (default: the model's, else 64)" if N_default is None
-                       else " (default %(default)s)"))
+                       else f" (default {N_default})"))
     if mesh:
         p.add_argument("--mesh", type=Path, default=None,
                        help="a Gmsh .msh file of your own instead of the unit square")

@@ -78,6 +78,10 @@ def tiny_model(tmp_path_factory):
     (["solve", "--rtol", "abc"], "argument --rtol: expected a number, got 'abc'"),
     (["solve", "--nu", "0"], "argument --nu: expected an integer >= 1 (with no smoothing the "
                              "two-grid operator is singular), got 0"),
+    (["solve", "--N", "8", "--mesh", "meshes/square_N8_s0.msh"],
+     "--N 8 and --mesh meshes/square_N8_s0.msh: give one"),
+    (["train", "--N", "8", "--mesh", "meshes/square_N8_s0.msh"],
+     "--N 8 and --mesh meshes/square_N8_s0.msh: give one"),
     (["solve", "--omega", "2"], "argument --omega: expected 'auto' or 0 < omega < 2, got 2"),
     (["solve", "--omega", "fast"], "argument --omega: expected a number, got 'fast'"),
     (["solve", "--rank", "0"], "argument --rank: expected an integer >= 1, got 0"),
