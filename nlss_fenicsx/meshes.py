@@ -397,8 +397,16 @@ def read_msh(path: str | os.PathLike, *, comm=None) -> dolfinx.mesh.Mesh:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mesh file not found: {path}")
-    try:
-        data = dolfinx.io.gmsh.read_from_msh(str(path), comm, 0, gdim=2)
-    except Exception as err:  # Gmsh reports parse errors as plain Exceptions.
-        raise ValueError(f"could not read Gmsh mesh {path}: {err}") from err
+    with _GmshSession() as gmsh:  # quiet: dolfinx's read_from_msh prints Gmsh's log
+        error = None
+        if comm.rank == 0:
+            try:
+                gmsh.model.add(path.stem)
+                gmsh.merge(str(path))
+            except Exception as err:  # Gmsh reports parse errors as plain Exceptions.
+                error = str(err)
+        error = comm.bcast(error, root=0)  # every rank raises, none waits in the collective
+        if error is not None:
+            raise ValueError(f"could not read Gmsh mesh {path}: {error}")
+        data = dolfinx.io.gmsh.model_to_mesh(gmsh.model, comm, 0, gdim=2)
     return data.mesh
