@@ -166,7 +166,10 @@ def check_converged(obj) -> int:
     else:
         raise TypeError("check_converged expects a KSP, a SNES, a LinearProblem or a "
                         f"NonlinearProblem; got {type(obj).__name__}")
-    if reason <= 0:
+    if reason == 0:  # CONVERGED_ITERATING: nothing was solved (or the solve is under way)
+        raise ConvergenceError(f"{type(solver).__name__} has not solved anything yet "
+                               "(CONVERGED_ITERATING): call solve() first", None)
+    if reason < 0:
         raise ConvergenceError(what, None)
     return its
 

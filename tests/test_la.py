@@ -222,3 +222,15 @@ def test_raise_collectively_serial():
         la.raise_collectively(MPI.COMM_SELF, ValueError("boom"))
     with pytest.raises(ValueError, match="inside"), la.collective(MPI.COMM_SELF):
         raise ValueError("inside")
+
+
+def test_check_converged_before_any_solve_says_so():
+    from nlss_fenicsx.krylov import ConvergenceError
+
+    ksp = PETSc.KSP().create(PETSc.COMM_SELF)
+    try:
+        with pytest.raises(ConvergenceError, match=r"^KSP has not solved anything yet "
+                                                   r"\(CONVERGED_ITERATING\): call solve"):
+            la.check_converged(ksp)
+    finally:
+        ksp.destroy()

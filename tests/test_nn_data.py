@@ -125,11 +125,15 @@ def test_a_user_sampler_is_called_at_training_then_held_out_indices_and_checked(
     assert calls == [0, 3, 9]
     assert data.settings() == {"pde": "membrane", "sweeps": None, "omega": None,
                                "node_order": "mesh", "mesh_id": "disk-1"}
-    with pytest.raises(ValueError, match=r"sampler\(0\) must return a finite S of shape "
-                                         r"\(n, K=3\); got shape \(10, 4\)"):
+    with pytest.raises(ValueError, match=r"sampler\(0\) must return S of shape \(n, K=3\) "
+                                         r"\(the same n at every call\); got shape \(10, 4\)"):
         Instances(_Cfg(), lambda t: np.ones((10, 4)))
-    with pytest.raises(ValueError, match="finite S"):
+    with pytest.raises(ValueError, match=r"sampler\(0\) returned an S with 30 NaN or Inf"):
         Instances(_Cfg(), lambda t: np.full((10, 3), np.nan))
+    varying = Instances(_Cfg(), lambda t: np.ones((10 + t, 3)))  # n must not change
+    with pytest.raises(ValueError, match=r"sampler\(2\) must return S of shape \(10, 3\) "
+                                         r"\(the same n at every call\); got shape \(12, 3\)"):
+        varying.get(2)
     gnn = _Cfg()
     gnn.arch = "gnn"
     with pytest.raises(ValueError, match=r"arch 'gnn' needs A: the sampler must return"):

@@ -290,9 +290,14 @@ class Instances:
         out = self.sampler(t)
         A, S = out if isinstance(out, tuple) else (None, out)
         S = np.asarray(S)
-        if S.ndim != 2 or S.shape[1] != self.cfg.K or not np.isfinite(S).all():
-            raise ValueError(f"sampler({t}) must return a finite S of shape (n, K={self.cfg.K})"
-                             f"; got shape {S.shape}")
+        n = S.shape[0] if self._first is None else self._first[1].shape[0]
+        if S.ndim != 2 or S.shape != (n, self.cfg.K):
+            want = f"(n, K={self.cfg.K})" if self._first is None else f"({n}, {self.cfg.K})"
+            raise ValueError(f"sampler({t}) must return S of shape {want} (the same n at "
+                             f"every call); got shape {S.shape}")
+        if not np.isfinite(S).all():
+            raise ValueError(f"sampler({t}) returned an S with "
+                             f"{int(np.count_nonzero(~np.isfinite(S)))} NaN or Inf entries")
         if self.cfg.arch == "gnn" and A is None:
             raise ValueError("arch 'gnn' needs A: the sampler must return (A_csr, S)")
         return A, np.ascontiguousarray(S, dtype=np.float32)
