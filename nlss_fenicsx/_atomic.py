@@ -22,6 +22,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import tempfile
 import time
 import zlib
@@ -153,10 +154,15 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     suffix : str
         Suffix of the temporary name (writers such as Gmsh pick the format from it).
 
+    A symbolic link is written through (its target is replaced, the link kept).
+
     Raises
     ------
     OSError
         When the folder cannot be created or written (nothing is left behind).
+    DestinationError
+        When ``path`` exists and is not a regular file (a device such as ``/dev/null``, a
+        FIFO, a socket, a folder): a rename would replace it.
 
     Examples
     --------
@@ -169,7 +175,7 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
     >>> sorted(p.name for p in dest.parent.iterdir())
     ['out.txt']
     """
-    path = Path(path)
+    path = _regular_target(Path(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale(path.parent)
     tmp = _temporary_name(path, suffix)
@@ -190,14 +196,41 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = "") -> Iterator[Path]:
             os.close(fd)
 
 
+_NAME_MAX = 255  # bytes in one path component (Linux file systems)
+
+
+def _kind_of(path: Path) -> str | None:
+    """``None`` for a regular file (or nothing there), else what ``path`` is."""
+    try:
+        mode = path.stat().st_mode  # follows symbolic links
+    except OSError:
+        return None
+    for test, name in ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _regular_target(path: Path, what: str = "destination") -> Path:
+    """Return the file a write to ``path`` replaces (a link's target); refuse non-files."""
+    kind = _kind_of(path)
+    if kind is not None:
+        raise DestinationError(f"{what} {path} is {kind}; expected a regular file")
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def check_destination(path: str | os.PathLike, *, what: str = "--out",
                       kind: str = "file") -> Path:
     """Check, before any work, that ``path`` can be written; raise one line if not.
 
-    Refused: a folder where a file is wanted (or a file where a folder is), a path below
-    a file, and a folder that cannot be written (read-only file system, no permission),
-    found by creating and removing one temporary file in the nearest existing folder.
-    Nothing else is created.
+    Refused: a folder where a file is wanted (or a file where a folder is), a device, FIFO
+    or socket where a file is wanted (a write would replace it), a path below a file, a
+    name too long for the file system, and a folder that cannot be written (read-only
+    file system, no permission), found by creating and removing one temporary file in the
+    nearest existing folder. Nothing else is created. A symbolic link to a file is written
+    through: the returned path is its target.
 
     Parameters
     ----------
@@ -230,8 +263,15 @@ def check_destination(path: str | os.PathLike, *, what: str = "--out",
     if kind not in ("file", "dir"):
         raise ValueError(f"Unrecognized kind {kind!r}; expected 'file' or 'dir'")
     p = Path(path).expanduser()
+    long = next((part for part in p.parts if len(os.fsencode(part)) > _NAME_MAX), None)
+    if long is not None:  # before any stat, which would fail on it
+        raise DestinationError(f"{what}: the name {long[:40]}... has "
+                               f"{len(os.fsencode(long))} bytes; file systems take at most "
+                               f"{_NAME_MAX}")
     if kind == "file" and p.is_dir():
         raise DestinationError(f"{what} {p} is a directory; expected a file name")
+    if kind == "file":
+        p = _regular_target(p, what)  # never replace /dev/null, a FIFO, ... by a file
     if kind == "dir" and p.exists() and not p.is_dir():
         raise DestinationError(f"{what} {p} is a file; expected a folder")
     folder = p if kind == "dir" else p.parent

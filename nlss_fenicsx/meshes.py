@@ -28,8 +28,10 @@ the partition; on the jittered square the two are equal (node tags are ``1 + gri
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -367,7 +369,21 @@ def write_msh(path: str | os.PathLike, N: int, *, jitter: float = 0.35,
         gmsh_model(pts, delaunay_triangles(pts), name=path.stem)
         gmsh.option.setNumber("Mesh.MshFileVersion", 4.1)
         gmsh.write(str(tmp))
+        _check_complete(tmp, path)
     return path
+
+
+def _check_complete(tmp: Path, path: Path) -> None:
+    """Gmsh does not report a failed write (a full disk): check that the file is whole."""
+    with open(tmp, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        fh.seek(max(0, fh.tell() - 64))
+        whole = fh.read().rstrip().endswith(b"$EndElements")
+    if not whole:
+        free = shutil.disk_usage(tmp.parent).free
+        raise OSError(errno.ENOSPC if free < 1 << 20 else errno.EIO,
+                      f"could not write the whole mesh to {path} (Gmsh wrote an incomplete "
+                      f"file; {free} bytes free on that file system)")
 
 
 def read_msh(path: str | os.PathLike, *, comm=None) -> dolfinx.mesh.Mesh:

@@ -168,3 +168,33 @@ def test_save_or_recover_keeps_the_work_when_the_destination_fails(tmp_path, mon
     with pytest.raises(ZeroDivisionError):
         save_or_recover(tmp_path / "x", lambda tmp: 1 / 0)
     assert not (tmp_path / "x").exists()
+
+
+def test_a_device_fifo_or_long_name_is_refused_and_a_link_written_through(tmp_path):
+    import os
+
+    from nlss_fenicsx._atomic import DestinationError, atomic_path, check_destination
+
+    # A write would replace a device or FIFO by a regular file (as root: /dev/null itself).
+    for special in ("/dev/null", "/dev/full"):
+        with pytest.raises(DestinationError, match=f"^--out {special} is a character device; "
+                                                   "expected a regular file$"):
+            check_destination(special)
+        with pytest.raises(DestinationError, match="is a character device"):
+            with atomic_path(special):
+                pass
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(DestinationError, match="is a FIFO; expected a regular file"):
+        check_destination(fifo)
+    assert fifo.is_fifo()
+    with pytest.raises(DestinationError, match=r"has 304 bytes; file systems take at most 255"):
+        check_destination(tmp_path / ("a" * 300 + ".msh"))
+    # A symbolic link is written through: the link stays, its target gets the content.
+    target, link = tmp_path / "target.txt", tmp_path / "link.txt"
+    link.symlink_to(target)
+    assert check_destination(link) == target
+    with atomic_path(link) as tmp:
+        tmp.write_text("done")
+    assert link.is_symlink() and target.read_text() == "done"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.txt", "target.txt"]

@@ -187,3 +187,25 @@ def test_mesh_id_identifies_the_mesh():
     assert meshes.mesh_id(a) == meshes.mesh_id(b)
     assert meshes.mesh_id(a) != meshes.mesh_id(meshes.jittered_square(5, seed=2))
     assert meshes.mesh_id(a).startswith("sha1:") and len(meshes.mesh_id(a)) == 21
+
+
+def test_an_incomplete_gmsh_write_is_an_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    # Gmsh does not report a full disk: it leaves a truncated file and returns. The write
+    # must fail and leave the previous file as it was (atomic), with no temporary behind.
+    import gmsh
+
+    out = tmp_path / "m.msh"
+    meshes.write_msh(out, 4, seed=0)
+    before = out.read_bytes()
+    real = gmsh.write
+
+    def truncated(name):
+        real(name)
+        with open(name, "r+b") as fh:
+            fh.truncate(100)
+
+    monkeypatch.setattr(gmsh, "write", truncated)
+    with pytest.raises(OSError, match=r"could not write the whole mesh to .*m\.msh"):
+        meshes.write_msh(out, 6, seed=1)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.msh"]
