@@ -37,6 +37,7 @@ __all__ = [
     "positive_float",
     "report",
     "resolve_solve",
+    "seed_value",
     "serial_only",
     "smoother_weight",
     "solve_bytes",
@@ -73,6 +74,14 @@ def int_at_least(lo: int, why: str = ""):
         return value
 
     return parse
+
+
+def seed_value(text: str) -> int:
+    """Argparse type: a seed, ``0 <= seed < 2**32`` (every generator here takes those)."""
+    value = _number(text, int)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {2**32 - 1}], got {value}")
+    return value
 
 
 def positive_float(text: str) -> float:

@@ -36,6 +36,7 @@ from nlss_fenicsx._cli_checks import (
     positive_float,
     report,
     resolve_solve,
+    seed_value,
     serial_only,
     smoother_weight,
     solve_bytes,
@@ -298,7 +299,7 @@ def _common(p, *, pde=FAMILIES, N_default=64, seed=True, mesh=False):
         p.add_argument("--mesh", type=Path, default=None,
                        help="a Gmsh .msh file of your own instead of the unit square")
     if seed:
-        p.add_argument("--seed", type=int_at_least(0), default=0,
+        p.add_argument("--seed", type=seed_value, default=0,
                        help="random seed, >= 0 (default 0)")
 
 
@@ -315,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
              "Write the paper's jittered (N+1)^2-node Delaunay mesh as a Gmsh .msh file.",
              _cmd_mesh)
     p.add_argument("--N", type=int_at_least(2), default=64, help="cells per side (default 64)")
-    p.add_argument("--seed", type=int_at_least(0), default=0, help="jitter seed (default 0)")
+    p.add_argument("--seed", type=seed_value, default=0, help="jitter seed (default 0)")
     p.add_argument("--jitter", type=jitter, default=0.35,
                    help="node jitter as a fraction of h, 0 <= jitter < 0.5 (default 0.35)")
     p.add_argument("--out", type=Path, default=None,
@@ -390,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int_at_least(1), default=4000)
     p.add_argument("--n-train", type=int_at_least(1), default=1000)
     p.add_argument("--n-test", type=int_at_least(1), default=100)
-    p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--out", type=Path, default=Path("results/energy"), help="output folder")
     p.add_argument("--no-progress", action="store_true")
 

@@ -67,10 +67,14 @@ def tiny_model(tmp_path_factory):
 @pytest.mark.parametrize(("args", "expected"), [
     (["mesh", "--N", "1"], "argument --N: expected an integer >= 2, got 1"),
     (["mesh", "--jitter", "0.7"], "argument --jitter: expected 0 <= jitter < 0.5, got 0.7"),
-    (["mesh", "--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
-    (["solve", "--seed", "-3"], "argument --seed: expected an integer >= 0, got -3"),
-    (["train", "--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
-    (["energy", "--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+    (["mesh", "--seed", "-1"], "argument --seed: expected an integer in [0, 4294967295], got -1"),
+    (["solve", "--seed", "-3"], "argument --seed: expected an integer in [0, 4294967295], got -3"),
+    (["train", "--seed", "-1"], "argument --seed: expected an integer in [0, 4294967295], got -1"),
+    (["energy", "--seed", "-1"], "argument --seed: expected an integer in [0, 4294967295], "
+                                 "got -1"),
+    (["solve", "--seed", str(2**64 - 1)], "argument --seed: expected an integer in [0, "
+                                          "4294967295], got 18446744073709551615"),
+    (["train", "--seed", "9" * 23], "argument --seed: expected an integer in [0, 4294967295]"),
     (["solve", "--rtol", "1"], "argument --rtol: expected 0 < value < 1, got 1"),
     (["solve", "--rtol", "2.5"], "argument --rtol: expected 0 < value < 1, got 2.5"),
     (["solve", "--rtol", "0"], "argument --rtol: expected 0 < value < 1, got 0"),
