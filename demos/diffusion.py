@@ -61,9 +61,6 @@ from nlss_fenicsx import meshes
 from nlss_fenicsx._atomic import atomic_path, check_destination
 from nlss_fenicsx.coarse import coarse_basis
 from nlss_fenicsx.la import attach_node_order, petsc_to_csr, smoothed_vectors_petsc
-from nlss_fenicsx.nn.cache import cached_model
-from nlss_fenicsx.nn.inference import load_model
-from nlss_fenicsx.nn.train import TrainConfig
 from nlss_fenicsx.petsc import check_converged
 
 RTOL = 1e-6
@@ -181,11 +178,15 @@ def diffusion_forms(mesh, seed: int):
 # progress bar, the authors' protocol (a fresh instance per Adam step), and keeps it in
 # the model cache (`$NLSS_FENICSX_CACHE`, default `~/.cache/nlss_fenicsx`) under a name
 # made from its settings; later runs load it. Under `mpiexec` every rank asks for it; a
-# lock lets one train while the others wait.
+# lock lets one train while the others wait. (`nlss_fenicsx.nn` imports torch, so it is
+# imported where it is needed.)
 
 
 # +
 def learned_model(args) -> Path:
+    from nlss_fenicsx.nn.cache import cached_model
+    from nlss_fenicsx.nn.train import TrainConfig
+
     cfg = TrainConfig(pde=args.pde, N=args.N, K=args.K, r_max=args.K, steps=args.steps,
                       hidden=tuple(args.hidden))
     _, path, trained = cached_model(cfg, retrain=args.retrain,
@@ -207,6 +208,8 @@ def learned_model(args) -> Path:
 
 # +
 def look_at_S_and_P(a, bcs, V, model_path: Path, args) -> dict:
+    from nlss_fenicsx.nn.inference import load_model
+
     comm = V.mesh.comm
     A = dolfinx.fem.petsc.assemble_matrix(dolfinx.fem.form(a), bcs=bcs)
     A.assemble()
@@ -426,5 +429,7 @@ def main(argv=None) -> dict:
 
 # +
 if __name__ == "__main__":
-    main()
+    from nlss_fenicsx.cli import run_script  # one line, not a traceback, on any failure
+
+    raise SystemExit(run_script("diffusion.py", main))
 # -

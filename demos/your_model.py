@@ -248,5 +248,7 @@ def main(argv=None) -> dict:
 
 # +
 if __name__ == "__main__":
-    main()
+    from nlss_fenicsx.cli import run_script  # one line, not a traceback, on any failure
+
+    raise SystemExit(run_script("your_model.py", main))
 # -

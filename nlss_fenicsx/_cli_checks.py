@@ -11,8 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
+import threading
 import time
+import traceback
 
 __all__ = [
     "ArgParser",
@@ -27,6 +30,7 @@ __all__ = [
     "check_memory",
     "classify",
     "grid_n",
+    "guarded",
     "mesh_or_grid",
     "int_at_least",
     "jitter",
@@ -424,3 +428,35 @@ def resolve_solve(args, comm) -> dict:
     elif args.coarse != "sa" and n is not None and args.rank > n:
         raise UsageError(f"--rank must be <= n = (N+1)^2 = {n}, got {args.rank}")
     return taken
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM: unwind as Ctrl-C does, so temporaries are removed
+
+
+def guarded(label: str, work, *, debug: bool = False) -> int:
+    """Run ``work(comm)``; map what ends it to one line and an exit status (the epilog).
+
+    ``comm`` is the MPI world under mpiexec, else None. SIGTERM unwinds as Ctrl-C does.
+    """
+    debug = debug or os.environ.get("NLSS_FENICSX_DEBUG", "0") not in ("", "0")
+    comm = handshake = None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
+    try:
+        comm = mpi_world()
+        handshake = comm.Dup() if comm is not None else None  # for the error handshake only
+        return int(work(comm) or 0)
+    except BaseException as err:
+        if not isinstance(err, Exception | KeyboardInterrupt):
+            raise  # SystemExit and the like
+        if debug:
+            traceback.print_exc()
+        code, line = (err.code, err.line) if isinstance(err, RemoteError) else classify(err)
+        if isinstance(err, KeyboardInterrupt) and comm is not None:
+            # mpiexec forwards Ctrl-C to every rank: rank 0 says it, no handshake.
+            return report(f"{label}: {line}", code, None, None) if comm.rank == 0 else code
+        return report(f"{label}: {line}", code, comm, handshake)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)

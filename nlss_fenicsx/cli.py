@@ -11,30 +11,24 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import signal
 import textwrap
-import threading
 import time
-import traceback
 from pathlib import Path
 
 from nlss_fenicsx._cli_checks import (
     LEARNED,
     USES_S,
     ArgParser,
-    RemoteError,
     UsageError,
     check_memory,
-    classify,
     grid_n,
+    guarded,
     int_at_least,
     jitter,
     mesh_or_grid,
-    mpi_world,
     on_root,
     open_unit_interval,
     positive_float,
-    report,
     resolve_solve,
     seed_value,
     serial_only,
@@ -44,7 +38,7 @@ from nlss_fenicsx._cli_checks import (
     widths,
 )
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run_script"]
 
 FAMILIES = ("diffusion", "anisotropic", "screened_poisson")
 COARSE = (*LEARNED, "svd", "sa", "sine", "eig-ref", "eig", "fixed")
@@ -435,10 +429,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # --------------------------------------------------------------------------- main
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt  # SIGTERM: unwind as Ctrl-C does, so temporaries are removed
-
-
 def _run(args, comm) -> int:
     with contextlib.ExitStack() as stack:
         if comm is not None and comm.rank != 0:  # one writer of the output: rank 0
@@ -452,25 +442,30 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # torch reads this once, before its first allocation: huge pages for training's buffers.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    debug = args.debug or os.environ.get("NLSS_FENICSX_DEBUG", "0") not in ("", "0")
-    comm = handshake = None
-    main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
-    try:
-        comm = mpi_world()
-        handshake = comm.Dup() if comm is not None else None  # for the error handshake only
-        return _run(args, comm)
-    except BaseException as err:
-        if not isinstance(err, Exception | KeyboardInterrupt):
-            raise  # SystemExit and the like
-        if debug:
-            traceback.print_exc()
-        code, line = (err.code, err.line) if isinstance(err, RemoteError) else classify(err)
-        if isinstance(err, KeyboardInterrupt) and comm is not None:
-            # mpiexec forwards Ctrl-C to every rank: rank 0 says it, no handshake.
-            return report(f"nlss-fenicsx {args.command}: {line}", code, None, None) \
-                if comm.rank == 0 else code
-        return report(f"nlss-fenicsx {args.command}: {line}", code, comm, handshake)
-    finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+    return guarded(f"nlss-fenicsx {args.command}", lambda comm: _run(args, comm),
+                    debug=args.debug)
+
+
+def run_script(name: str, work, argv: list[str] | None = None) -> int:
+    """Run a script's ``work(argv)`` with the command line's error handling.
+
+    The demos end with ``raise SystemExit(run_script("diffusion.py", main))``: bad input is
+    one line and exit status 2, a failure (a full disk, a read-only cache) one line and 1,
+    Ctrl-C or SIGTERM "interrupted" and 130, the same on every MPI rank; ``--debug`` is not
+    parsed here, ``NLSS_FENICSX_DEBUG=1`` shows the traceback.
+
+    Parameters
+    ----------
+    name : str
+        How the lines name the script (e.g. ``"diffusion.py"``).
+    work : callable
+        ``work(argv)``; its return value is ignored.
+    argv : list of str, optional
+        Passed to ``work``.
+
+    Returns
+    -------
+    int
+        The exit status.
+    """
+    return guarded(name, lambda comm: work(argv) and 0)

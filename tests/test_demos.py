@@ -134,3 +134,32 @@ def test_demo_help_and_bad_values(name, demo_env, capsys):
     with pytest.raises(SystemExit) as err:
         _load(name).main(flag)
     assert err.value.code == 2 and "error:" in capsys.readouterr().err
+
+
+def test_a_failing_demo_says_one_line_not_a_traceback(tmp_path):
+    # A cache that cannot be created (its parent is a file) and holds no model.
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    cmd = [sys.executable, str(DEMOS / "diffusion.py"), "--quick", "--out", str(tmp_path / "o")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env=_env(blocker / "cache"), cwd=DEMOS)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode in (1, 2) and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("diffusion.py: ") and "cache" in lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_script_maps_interrupts_and_failures(capsys):
+    from nlss_fenicsx.cli import run_script
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    def full_disk(argv):
+        raise OSError(28, "No space left on device")
+
+    assert run_script("demo.py", interrupted) == 130
+    assert run_script("demo.py", full_disk) == 1
+    assert run_script("demo.py", lambda argv: {"done": True}) == 0
+    assert capsys.readouterr().err.splitlines() == [
+        "demo.py: interrupted", "demo.py: failed: [Errno 28] No space left on device"]
