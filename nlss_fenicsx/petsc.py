@@ -16,7 +16,9 @@ so the options database and every later solver in the process stay as they were.
 Set-up (collective; any rank's failure is the same error on every rank):
 
 1. options: parsed; with ``nlss_model``, every setting not given comes from the checkpoint;
-   options the coarse kind does not use are reported in one warning line;
+   options the coarse kind does not use are reported in one warning line; those that define
+   the operator (all but ``nlss_model``, ``nlss_basis``, ``nlss_pde``, ``nlss_precision``:
+   rank 0's are used) must be equal on every rank (checked after parsing and the merge);
 2. ``lambda_max(D^-1 A)`` estimated by Lanczos (distributed ``MatMult`` and all-reduced dot
    products, :func:`nlss_fenicsx.relaxation.lambda_max_estimate`); the Jacobi weight
    (``nlss_omega auto``: 0.66 where safe) or the Chebyshev interval follow from it;
@@ -29,13 +31,11 @@ Set-up (collective; any rank's failure is the same error on every rank):
    the level smoother ``nu`` sweeps of Richardson + Jacobi (``jacobi``), Chebyshev + Jacobi
    (``chebyshev``), Richardson + symmetric SOR (``sor``) or Chebyshev + ICC(0) (``icc``: ICC(0)
    factored once, its interval from a CG-Lanczos estimate of ``lambda_max(M^-1 A)``, see
-   :mod:`nlss_fenicsx.levels`), the coarse level a Cholesky
-   solve (redundant in parallel). Options under ``<prefix>nlss_mg_`` are the user's for
-   this inner PCMG: the coarse solver (``mg_coarse_*``, a direct or other linear PC),
-   ``pc_mg_cycle_type``, ``pc_mg_multiplicative_cycles`` and ``pc_mg_log`` are honoured;
-   the level smoother's (``mg_levels_*``) and anything else are refused in one line (the
-   smoother is set by ``nlss_smoother``, ``nlss_nu``, ``nlss_omega``, which keep it
-   convergent); they are never overwritten or deleted.
+   :mod:`nlss_fenicsx.levels`), the coarse level a Cholesky solve (redundant in parallel).
+   Of the user's options under ``<prefix>nlss_mg_`` (never overwritten or deleted) the
+   coarse solver's (``mg_coarse_*``), ``pc_mg_cycle_type``, ``pc_mg_multiplicative_cycles``
+   and ``pc_mg_log`` are honoured; the level smoother's (``mg_levels_*``: ``nlss_smoother``,
+   ``nlss_nu``, ``nlss_omega`` keep it convergent) and anything else are refused in one line.
 
 Every application then runs in C. The operator equals :class:`nlss_fenicsx.twogrid.TwoGrid`
 with the same smoother. A PETSc error in set-up is raised as itself; ``NotSPDError`` only
@@ -100,6 +100,21 @@ def _database(prefix: str) -> tuple[dict, dict]:
     return own, inner
 
 
+# What defines the operator (the files and the checks against them are rank 0's only).
+_SAME = ("coarse", "r", "K", "sweeps", "smoothing_omega", "nu", "omega", "smoother", "seed")
+
+
+def _same_on_every_rank(comm, opts: TwoGridOptions) -> None:
+    """Raise the same ValueError on every rank if a setting of the operator differs."""
+    every = comm.allgather([getattr(opts, f) for f in _SAME]) if comm.size > 1 else []
+    for i, name in enumerate(_SAME):  # coarse first: then the ranks agree on what it uses
+        j = next((j for j, values in enumerate(every) if values[i] != every[0][i]), 0)
+        if j and (name == "coarse" or opts.uses("K" if name == "smoothing_omega" else name)):
+            what = options.OPTION_NAMES.get(name, "the weight of S")
+            raise ValueError(f"nlss options differ between MPI ranks: {what} is "
+                             f"{every[0][i]} on rank 0 and {every[j][i]} on rank {j}")
+
+
 class TwoGridPC:
     """PETSc python-PC context: the NeuraLSP two-grid preconditioner, a native PCMG inside.
 
@@ -127,8 +142,7 @@ class TwoGridPC:
         The settings of the last set-up (after the checkpoint merge and any clipping).
     timings : dict
         Seconds of the last set-up: ``estimate`` (lambda_max; for ``icc`` also the ICC(0)
-        factorisation), ``smoothing`` (S),
-        ``inference`` (P) and ``setup`` (Ac, its check and the PCMG).
+        factorisation), ``smoothing`` (S), ``inference`` (P), ``setup`` (Ac, check, PCMG).
     P : numpy.ndarray or scipy.sparse matrix
         This rank's rows of the coarse basis of the last set-up.
     coarse_size : int
@@ -142,22 +156,15 @@ class TwoGridPC:
 
     def __init__(self, *, P=None, S=None, options: TwoGridOptions | None = None, reference=None):
         self._given_P, self._given_S, self._given_options = P, S, options
-        self._reference = reference
-        self.options: TwoGridOptions | None = options
+        self._reference, self.options = reference, options
         self._options_error: ValueError | None = None
-        self._mg_user: dict = {}
-        self.timings: dict[str, float] = {}
-        self.P = self.S = None
-        self.inner = self._P_mat = self._Ac = self._icc = None
+        self._mg_user, self.timings = {}, {}
+        self.P = self.S = self.inner = self._P_mat = self._Ac = self._icc = None
         self._key, self._A_handle, self._singular = None, None, False
-        self.coarse_size = 0
+        self.coarse_size, self.omega_reason, self._unused = 0, "", ()
         self.lam_max: float | None = None
         self.omega: float | None = None
-        self.omega_reason = ""
-        self._unused: tuple[str, ...] = ()
-        self._model = None
-        self._S_omega: float | None = None
-        self._interval: tuple[float, float] | None = None
+        self._model = self._S_omega = self._interval = None
 
     # ---------------------------------------------------------------- PETSc callbacks
     def create(self, pc):
@@ -221,8 +228,7 @@ class TwoGridPC:
 
     # ---------------------------------------------------------------- set-up stages
     def _set_up(self, pc, A, comm):
-        n = A.getSize()[0]
-        lo, hi = A.getOwnershipRange()
+        (lo, hi), n = A.getOwnershipRange(), A.getSize()[0]
         order = la.node_order_of(A)
         opts = self._resolve_options(pc, A, comm, order)
         la.raise_collectively(comm, None if self._reference is None or opts.coarse == "eig-ref"
@@ -234,8 +240,7 @@ class TwoGridPC:
             return
         P_mat = self._P_mat if same_P else None  # a new Mat: keep P, build the PCMG anew
         self._release(keep=P_mat)
-        self._key, self._A_handle = key, A.handle
-        self.timings = {}
+        self._key, self._A_handle, self.timings = key, A.handle, {}
         t0 = time.perf_counter()
         needs_S = self._given_P is None and opts.uses("K")
         S_omega = self._S_omega = self._weights(A, comm, opts, order, needs_S)
@@ -272,6 +277,7 @@ class TwoGridPC:
             own, self._mg_user = _database(pc.getOptionsPrefix() or "")
             with la.collective(comm):
                 opts = options.parse_options(own)
+        _same_on_every_rank(comm, opts)  # before any rank branches on them
         if (order is None and opts.coarse in ("sine", "fixed", "nlss", "corrected")
                 and self._given_P is None):
             raise ValueError(f"nlss_coarse {opts.coarse} needs the node order of the dofs: "
@@ -286,6 +292,7 @@ class TwoGridPC:
             limit = rank_limit(opts.coarse, la.petsc_to_csr(A), lo=A.getOwnershipRange()[0],
                                comm=comm)
         opts, note = options.clip_to_problem(opts, n, limit)
+        _same_on_every_rank(comm, opts)  # after the checkpoint merge and the clipping
         if note and comm.rank == 0:
             _note(UserWarning, f"TwoGridPC: {note}")
         self._unused = options.unused_options(opts)
@@ -341,8 +348,7 @@ class TwoGridPC:
             self.lam_max = levels.lambda_max_pc(A, self._icc, seed=opts.seed, node_order=order)
         with la.collective(comm):
             if opts.smoother == "jacobi":
-                self.omega, self.omega_reason = relaxation.jacobi_weight(opts.omega,
-                                                                         self.lam_max)
+                self.omega, self.omega_reason = relaxation.jacobi_weight(opts.omega, lam_S)
             elif opts.smoother == "sor":
                 self.omega, self.omega_reason = relaxation.sor_weight(opts.omega)
             else:

@@ -98,7 +98,8 @@ def nan_model(tmp_path_factory):
 def test_a_fault_on_one_rank_is_the_same_error_on_every_rank(nprocs, nan_model):
     out = _last_json(run_mpi(nprocs, HERE / "pc_faults.py", str(nan_model), timeout=120))
     expected = {
-        "option_one_rank": "ValueError: nlss_rank: expected an integer in [1, 2147483647], got 'abc'",
+        "option_one_rank": "ValueError: nlss_rank: expected an integer in [1, 2147483647], "
+                           "got 'abc'",
         "order_one_rank": "ValueError: attached node order must be a permutation of range(81)",
         "basis_extra_row": "ValueError: coarse basis must have this rank's",
         "nan_in_A": "ValueError: the product with A returned NaN or Inf",
@@ -106,7 +107,12 @@ def test_a_fault_on_one_rank_is_the_same_error_on_every_rank(nprocs, nan_model):
         "nan_model": "CheckpointError: checkpoint ",
         "sa_parallel": "ValueError: coarse kind sa (PyAMG smoothed aggregation) is serial-only",
         "jitter": "ValueError: jitter must satisfy 0 <= jitter < 0.5 (fraction of h), got 0.7",
+        "options_differ": "ValueError: nlss options differ between MPI ranks: nlss_rank is 4 "
+                          "on rank 0 and 5 on rank 1",
+        "coarse_differs": "ValueError: nlss options differ between MPI ranks: nlss_coarse is "
+                          "svd on rank 0 and eig on rank 1",
     }
+    assert out.pop("unused_differs_ok") == [None] * nprocs  # options sine does not use
     assert set(out) == set(expected)
     for case, start in expected.items():
         lines = out[case]

@@ -52,6 +52,15 @@ cases = {}
 # An option value that is bad on the last rank only.
 cases["option_one_rank"] = solve(system.A, options={
     "nlss_rank": "abc" if comm.rank == last else "4", "nlss_K": "8"}, prefix="fault1_")
+# Options that define the operator differ between ranks (through the database, and given).
+cases["options_differ"] = solve(system.A, options={
+    "nlss_rank": "4" if comm.rank == 0 else "5", "nlss_K": "8"}, prefix="fault2_")
+cases["coarse_differs"] = solve(system.A, npc.TwoGridPC(options=TwoGridOptions(
+    coarse="svd" if comm.rank == 0 else "eig", r=4, K=8)))
+# Allowed to differ: what the coarse kind does not use, and rank 0's file-side checks.
+cases["unused_differs_ok"] = solve(system.A, options={
+    "nlss_coarse": "sine", "nlss_rank": "4", "nlss_K": str(8 + comm.rank),
+    "nlss_precision": "int8" if comm.rank == 0 else "float32"}, prefix="fault3_")
 # A node order that is not a permutation, attached behind the checks on the last rank only.
 A = system.A.duplicate(copy=True)
 la.attach_node_order(A, system.node_order)
