@@ -27,7 +27,7 @@ import numpy as np
 import scipy.linalg as sla
 import scipy.sparse as sp
 
-from nlss_fenicsx._checks import check_int, check_real_array, reject_complex
+from nlss_fenicsx._checks import check_int, check_real_array, matrix_entries
 
 __all__ = ["allsum", "append_near_nullspace", "sa_amg_basis", "svd_basis", "svd_basis_from_gram"]
 
@@ -222,11 +222,11 @@ def sa_amg_basis(A, *, B=None, block_size: int = 1, seed: int = 0) -> sp.csr_mat
     """
     import pyamg  # heavy import, only needed for this baseline
 
-    shape = getattr(A, "shape", None)
-    if shape is None or len(shape) != 2 or shape[0] != shape[1]:
-        raise ValueError(f"expected a square 2-D matrix A, got shape {shape}")
-    reject_complex("A", A)
-    A = sp.csr_matrix(A, dtype=np.float64, copy=True)
+    A = sp.csr_matrix(matrix_entries(A, csr=True), dtype=np.float64, copy=True)
+    if not np.all(A.diagonal() > 0):
+        i = int(np.flatnonzero(~(A.diagonal() > 0))[0])
+        raise ValueError(f"expected an SPD A (positive diagonal), got A[{i}, {i}] = "
+                         f"{A.diagonal()[i]!r}")
     # Stored zeros (dolfinx keeps the pattern of the zeroed Dirichlet rows and columns)
     # would count as strong connections: a boundary node could then form an aggregate of
     # its own whose candidate vector smooths to 0, i.e. a zero column of P.

@@ -63,6 +63,8 @@ def gaussian_start(rng, n: int, K: int) -> np.ndarray:
     """
     size = int(n) * int(K)
     half = (size + 1) // 2
+    if isinstance(rng, int | np.integer) and not isinstance(rng, bool) and rng < 0:
+        raise ValueError(f"expected rng to be a seed >= 0, a Generator or None, got {rng!r}")
     u = np.random.default_rng(rng).random((2, half), dtype=np.float32)
     radius = np.log1p(-u[0])  # 1 - u in (0, 1]: the logarithm is finite
     radius *= -2.0
@@ -150,8 +152,9 @@ def smoothed_vectors(
     if isinstance(omega, str) and omega == "auto":
         lam = lambda_max_estimate(A.__matmul__, Dinv, start_vector(A.shape[0]))
         omega = jacobi_weight("auto", lam)[0]
-    elif isinstance(omega, str) or isinstance(omega, bool) or not np.isfinite(float(omega)) \
-            or not float(omega) > 0.0:
+    elif (isinstance(omega, str | bool) or not isinstance(omega, int | float | np.floating
+                                                          | np.integer)
+          or not np.isfinite(float(omega)) or not float(omega) > 0.0):
         raise ValueError(f"expected omega = 'auto' or a finite omega > 0, got omega = {omega!r}")
     omega = float(omega)
 

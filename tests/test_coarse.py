@@ -639,3 +639,17 @@ def test_distributed_rows_equal_serial_and_errors_are_collective(nprocs, tmp_pat
     for case, err in errors[0].items():
         assert err is not None and "\n" not in err, case
     assert report["max_diff"] < 1e-9, report
+
+
+def test_sa_amg_basis_refuses_what_it_cannot_use_in_one_line():
+    import scipy.sparse.linalg as spla
+
+    A = laplacian(6)
+    with pytest.raises(ValueError, match="LinearOperator"):
+        sa_amg_basis(spla.aslinearoperator(A))
+    bad = A.copy().astype(float)
+    bad.data[0] = np.nan
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        sa_amg_basis(bad)
+    with pytest.raises(ValueError, match=r"expected an SPD A \(positive diagonal\), got A\[0, 0\]"):
+        sa_amg_basis(-A)

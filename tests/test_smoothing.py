@@ -186,3 +186,13 @@ def test_nonfinite_A(value):
 def test_linear_operator_refused():
     with pytest.raises(ValueError, match="got a SciPy LinearOperator"):
         smoothed_vectors(spla.aslinearoperator(laplacian(4)), 2)
+
+
+def test_complex_omega_and_negative_seed_are_one_line():
+    A = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(20, 20), format="csr")
+    with pytest.raises(ValueError, match=r"expected omega = 'auto' or a finite omega > 0, got "
+                                         r"omega = \(0.5\+1j\)"):
+        smoothed_vectors(A, 2, omega=0.5 + 1j)
+    with pytest.raises(ValueError, match="expected rng to be a seed >= 0, a Generator or None, "
+                                         "got -1"):
+        smoothed_vectors(A, 2, rng=-1)
