@@ -42,6 +42,7 @@ __all__ = [
     "report",
     "resolve_solve",
     "seed_value",
+    "sweeps_value",
     "serial_only",
     "smoother_weight",
     "solve_bytes",
@@ -78,6 +79,17 @@ def int_at_least(lo: int, why: str = ""):
         return value
 
     return parse
+
+
+def sweeps_value(text: str) -> int:
+    """Argparse type: Jacobi sweeps for S, ``0 <= sweeps <= MAX_SWEEPS``."""
+    from nlss_fenicsx.options import MAX_SWEEPS
+
+    value = _number(text, int)
+    if not 0 <= value <= MAX_SWEEPS:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, {MAX_SWEEPS}] (S has "
+                                         f"converged long before), got {value}")
+    return value
 
 
 def seed_value(text: str) -> int:

@@ -34,6 +34,7 @@ from nlss_fenicsx._cli_checks import (
     serial_only,
     smoother_weight,
     solve_bytes,
+    sweeps_value,
     train_bytes,
     widths,
 )
@@ -330,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="coarse rank r (default: the model's r_max, else 48)")
     p.add_argument("--K", type=int_at_least(1), default=None,
                    help="smoothed vectors (default: the model's, else 72)")
-    p.add_argument("--sweeps", type=int_at_least(0), default=None,
+    p.add_argument("--sweeps", type=sweeps_value, default=None,
                    help="Jacobi sweeps that make S (default: the model's, else 10)")
     p.add_argument("--smoother", choices=("jacobi", "chebyshev", "sor", "icc"),
                    default="jacobi", help="two-grid smoother (default jacobi, as the paper; "

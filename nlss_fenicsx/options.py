@@ -47,6 +47,7 @@ __all__ = [
     "COARSE_KINDS",
     "DEFAULT_NU",
     "OPTION_NAMES",
+    "MAX_SWEEPS",
     "PRECISIONS",
     "SMOOTHERS",
     "SMOOTHING_OMEGA",
@@ -81,6 +82,8 @@ _USED_BY = {
 }
 _MINIMUM = {"r": 1, "K": 1, "sweeps": 0, "nu": 1, "seed": 0}
 _LARGEST = 2**31 - 1  # PETSc's (32-bit) integers
+# S has long converged to the smoother's slowest modes after this many sweeps: more only costs.
+MAX_SWEEPS = 10_000
 _CHOICES = {"coarse": COARSE_KINDS, "smoother": SMOOTHERS, "precision": PRECISIONS}
 
 
@@ -89,10 +92,11 @@ def _integer(name: str, value: Any, minimum: int) -> int:
         text = value.strip()
         if text.lstrip("+-").isdigit():
             value = int(text)
+    largest = MAX_SWEEPS if name == "sweeps" else _LARGEST
     if (isinstance(value, bool) or not isinstance(value, int) or value < minimum
-            or value > _LARGEST):
+            or value > largest):
         raise ValueError(f"{OPTION_NAMES[name]}: expected an integer in [{minimum}, "
-                         f"{_LARGEST}], got {value!r}")
+                         f"{largest}], got {value!r}")
     return value
 
 

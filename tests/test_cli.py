@@ -75,6 +75,7 @@ def tiny_model(tmp_path_factory):
     (["solve", "--seed", str(2**64 - 1)], "argument --seed: expected an integer in [0, "
                                           "4294967295], got 18446744073709551615"),
     (["train", "--seed", "9" * 23], "argument --seed: expected an integer in [0, 4294967295]"),
+    (["solve", "--sweeps", "100000000"], "argument --sweeps: expected an integer in [0, 10000]"),
     (["solve", "--rtol", "1"], "argument --rtol: expected 0 < value < 1, got 1"),
     (["solve", "--rtol", "2.5"], "argument --rtol: expected 0 < value < 1, got 2.5"),
     (["solve", "--rtol", "0"], "argument --rtol: expected 0 < value < 1, got 0"),

@@ -40,10 +40,12 @@ def test_strings_are_parsed_and_given_is_recorded():
     ("nlss_rank", "-3", "nlss_rank: expected an integer in [1, 2147483647], got -3"),
     ("nlss_rank", None, "nlss_rank: expected an integer in [1, 2147483647], got None"),
     ("nlss_K", "0", "nlss_K: expected an integer in [1, 2147483647], got 0"),
-    ("nlss_sweeps", "-1", "nlss_sweeps: expected an integer in [0, 2147483647], got -1"),
+    ("nlss_sweeps", "-1", "nlss_sweeps: expected an integer in [0, 10000], got -1"),
     ("nlss_nu", "0", "nlss_nu: expected an integer in [1, 2147483647], got 0"),
     ("nlss_seed", "-2", "nlss_seed: expected an integer in [0, 2147483647], got -2"),
     ("nlss_seed", str(2**70), "nlss_seed: expected an integer in [0, 2147483647], got "),
+    ("nlss_sweeps", "100000000", "nlss_sweeps: expected an integer in [0, 10000], got "
+                                 "100000000"),
     ("nlss_omega", "fast", "nlss_omega: expected 'auto' or a number > 0, got 'fast'"),
     ("nlss_omega", "-0.5", "nlss_omega: expected 'auto' or a number > 0, got -0.5"),
     ("nlss_omega", "nan", "nlss_omega: expected 'auto' or a number > 0, got nan"),
