@@ -218,6 +218,22 @@ def test_maxiter_is_a_reported_failure(system, name, path, match):
                                       maxiter=2))
 
 
+@pytest.mark.parametrize(("name", "path", "match"), [
+    ("svd", "petsc", "KSP cg did not reach rtol = 1e-16: the true relative residual is"),
+    ("jacobi", "petsc", "KSP cg did not reach rtol = 1e-16: the true relative residual is"),
+    ("cholesky", "petsc", "KSP preonly did not reach rtol = 1e-16: the true relative"),
+    ("svd", "scipy", "stagnated"),
+])
+def test_unattainable_rtol_is_a_reported_failure(system, name, path, match):
+    """rtol below rounding: CG's recursive residual passes it, the true one cannot."""
+    with pytest.raises(ConvergenceError, match=match) as info:
+        run_method(system, MethodSpec(name=name, rank=4, K=8, path=path, rtol=1e-16))
+    if path == "petsc":
+        assert "below the attainable accuracy" in str(info.value)
+        true = float(str(info.value).split("residual is ")[1].split()[0])
+        assert 1e-16 <= true < 1e-12  # the true residual, at rounding level
+
+
 # ------------------------------------------------------------------ under mpiexec
 
 

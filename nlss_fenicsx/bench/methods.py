@@ -212,9 +212,12 @@ def _run_ksp(system, ksp, history: bool = False):
     """``(x, rel_residual, setup s, solve s, iterations, history)`` of one KSP solve.
 
     ``x`` holds this rank's entries; the true relative residual ``||b - A x|| / ||b||``
-    is computed by PETSc over all ranks. Destroys ``ksp`` and its vectors; a PETSc error
-    caused by an error inside a Python PC is replaced by that error.
+    is computed by PETSc over all ranks, and a ``ConvergenceError`` raised (on every rank)
+    unless it is below the KSP's rtol: PETSc stops on CG's recursive residual, which keeps
+    falling below what rounding lets the true one reach. Destroys ``ksp`` and its vectors;
+    a PETSc error caused by an error inside a Python PC is replaced by that error.
     """
+    from nlss_fenicsx.krylov import ConvergenceError
     from nlss_fenicsx.petsc import check_converged
 
     if history:
@@ -235,7 +238,13 @@ def _run_ksp(system, ksp, history: bool = False):
         system.A.mult(x, res)
         res.aypx(-1.0, b)  # res = b - A x
         hist = [float(h) / nb for h in ksp.getConvergenceHistory()] if history else None
-        return x.getArray().copy(), float(res.norm() / nb), t1 - t0, t2 - t1, its, hist
+        rel, rtol = float(res.norm() / nb), ksp.getTolerances()[0]
+        if not rel < rtol:
+            raise ConvergenceError(f"KSP {ksp.getType()} did not reach rtol = {rtol:g}: the "
+                                   f"true relative residual is {rel:.3e} after {its} "
+                                   "iterations (the tolerance is below the attainable "
+                                   "accuracy)", None)
+        return x.getArray().copy(), rel, t1 - t0, t2 - t1, its, hist
     except PETSc.Error as err:
         if isinstance(err.__cause__, ValueError | RuntimeError):
             raise err.__cause__ from None
@@ -442,7 +451,8 @@ def run_method(system, spec: MethodSpec, *, history: bool = False, reference=Non
         NaN or Inf in ``b`` or ``A`` (checked on every rank before anything is timed), a
         bad setting, or a serial-only method on several ranks: the same on every rank.
     nlss_fenicsx.twogrid.ConvergenceError
-        The solve did not reach ``rtol`` within ``maxiter`` iterations.
+        The solve did not reach ``rtol`` within ``maxiter`` iterations, or the true
+        relative residual is not below ``rtol`` (a tolerance below the attainable accuracy).
     nlss_fenicsx.twogrid.NotSPDError
         The coarse operator ``Ac = P^T A P`` is not symmetric positive definite.
     """
