@@ -223,9 +223,127 @@ def test_full_disk_is_one_line_naming_the_file_and_leaves_nothing(tmp_path, monk
     with pytest.raises(OSError) as info:
         model.save(tmp_path / "m.pt")
     assert info.value.errno == errno.ENOSPC
-    line = _one_line(info)
-    assert "no space left on device writing checkpoint" in line and "m.pt" in line
+    assert _one_line(info) == (f"could not write checkpoint {tmp_path / 'm.pt'}: no space "
+                               "left on device")
     assert os.listdir(tmp_path) == []
+
+
+TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 8384 vs 8278"
+
+
+@pytest.mark.parametrize("free", [0, 1 << 40])
+def test_torchs_own_full_disk_error_is_named_as_one(tmp_path, monkeypatch, free):
+    """torch's zip writer reports a full disk as a RuntimeError; the file system's free
+    space (os.statvfs) decides whether it is one, and the last good file stays."""
+    model, _ = _trained_model()
+    path = model.save(tmp_path / "m.pt")
+    good = path.read_bytes()
+
+    def torch_full(obj, fh, *a, **k):
+        fh.write(b"PK" * 100)
+        raise RuntimeError(TORCH_FULL)
+
+    st = os.statvfs(tmp_path)
+    monkeypatch.setattr(ckpt.torch, "save", torch_full)
+    monkeypatch.setattr(ckpt.os, "statvfs", lambda _: os.statvfs_result(
+        (st.f_bsize, 1, 1 << 41, free, free, 100, 100, 100, 0, 255)))
+    with pytest.raises((OSError, RuntimeError)) as info:
+        model.save(path)
+    if free:  # room enough: another failure, reported as it is
+        assert type(info.value) is RuntimeError and str(info.value) == TORCH_FULL
+    else:
+        assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
+        assert _one_line(info) == f"could not write checkpoint {path}: no space left on device"
+    assert os.listdir(tmp_path) == ["m.pt"] and path.read_bytes() == good
+
+
+def _unshare():
+    import shutil
+    import subprocess
+
+    exe = shutil.which("unshare")
+    if exe is None or subprocess.run([exe, "-rm", "true"], capture_output=True).returncode:
+        pytest.skip("needs `unshare -rm` (user and mount namespaces) to mount a tmpfs")
+    return exe
+
+
+FULL_SCRIPT = """
+import os, sys
+from pathlib import Path
+import torch
+from nlss_fenicsx.nn.model import MLPConfig, NLSSModel
+out = Path(sys.argv[1])
+NLSSModel(MLPConfig(n=81, K=8, r_max=8, hidden=(8,))).save(out)  # fits
+first = out.read_bytes()
+try:
+    NLSSModel(MLPConfig(n=81, K=8, r_max=8, hidden=(256, 256))).save(out)  # does not
+except OSError as err:
+    print(f"{type(err).__name__} {err.errno} {err}")
+print("kept" if out.read_bytes() == first else "changed", sorted(os.listdir(out.parent)))
+"""
+
+
+def test_a_real_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path):
+    """A 128 KiB tmpfs: the small checkpoint fits, the large one does not."""
+    import subprocess
+    import sys
+
+    full = tmp_path / "full"
+    full.mkdir()
+    (tmp_path / "w.py").write_text(FULL_SCRIPT)
+    cmd = (f"mount -t tmpfs -o size=128k tmpfs {full} && {sys.executable} {tmp_path / 'w.py'} "
+           f"{full / 'm.pt'}")
+    proc = subprocess.run([_unshare(), "-rm", "sh", "-c", cmd], capture_output=True,
+                          text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).parents[1])))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        f"_NoSpaceError 28 could not write checkpoint {full / 'm.pt'}: no space left on "
+        "device", "kept ['m.pt']"]
+
+
+def _damage(path, member_suffix="/data/0", nbytes=4096):
+    """XOR ``nbytes`` of a stored zip member's data in place; return the member's name."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = next(i for i in zf.infolist() if i.filename.endswith(member_suffix))
+    with open(path, "r+b") as fh:
+        fh.seek(info.header_offset + 26)  # local header: name and extra lengths
+        skip = int.from_bytes(fh.read(2), "little") + int.from_bytes(fh.read(2), "little")
+        start = info.header_offset + 30 + skip
+        fh.seek(start)
+        data = bytearray(fh.read(min(nbytes, info.compress_size)))
+        fh.seek(start)
+        fh.write(bytes(b ^ 0x5A for b in data))
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() == info.filename  # the independent check sees the damage
+    return info.filename
+
+
+def test_damaged_bytes_fail_the_crc_check_naming_the_member(tmp_path):
+    model, _ = _trained_model()
+    path = model.save(tmp_path / "m.pt")
+    read_checkpoint(path)  # intact: reads
+    member = _damage(path)
+    for reader in (read_checkpoint, NLSSModel.load):
+        with pytest.raises(CheckpointError) as info:
+            reader(path)
+        assert _one_line(info) == (f"checkpoint {path} is corrupt: member {member} fails its "
+                                   "CRC check (the file was damaged after it was written)")
+    assert read_settings(path) == model.settings  # reads no weights, checks none
+
+
+def test_complex_weights_are_refused_in_one_line(tmp_path):
+    model, _ = _trained_model()
+    weights = model.net.state_dict()
+    weights["head.bias"] = weights["head.bias"].to(torch.complex64)
+    path = _write_payload(tmp_path / "c.pt", state_dict=weights)
+    for reader in (read_checkpoint, NLSSModel.load):
+        with pytest.raises(CheckpointError) as info:
+            reader(path)
+        assert _one_line(info) == (f"checkpoint {path} has weight head.bias (torch.complex64);"
+                                   " expected real floating point weights only")
 
 
 def test_settings_validation():

@@ -238,6 +238,9 @@ def _train(cfg: TrainConfig, partial: Path, *, progress: bool, log, device: str)
         return train(cfg, partial, device=device, resume=resume, progress=progress, log=log)
     except OSError as err:
         if err.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, "no space left on device training into the model "
-                          "cache; free space or set NLSS_FENICSX_CACHE", str(partial)) from None
+            full = OSError(f"could not write checkpoint {err.filename or partial}: no space "
+                           f"left on device (the model cache {partial.parent}: free space "
+                           "there or set NLSS_FENICSX_CACHE to another folder)")
+            full.errno = errno.ENOSPC
+            raise full from None
         raise

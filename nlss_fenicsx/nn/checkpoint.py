@@ -19,8 +19,11 @@ order) from a model before it builds anything. The models' ``save`` and ``load``
 :func:`read_checkpoint`.
 
 Every failure to read is one :class:`CheckpointError` line naming the file: missing, a
-directory, truncated or corrupt, a type torch's safe loader does not allow, another format
-or version, missing entries, weights that do not fit the config, non-finite weights.
+directory, truncated or corrupt (the zip container's CRC checks are verified when the weights
+are read, since ``torch.load`` does not), a type torch's safe loader does not allow, another
+format or version, missing entries, weights that do not fit the config, weights that are not
+real floating point, non-finite weights. A write that runs out of disk space is one
+``OSError`` line (``could not write checkpoint PATH: no space left on device``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import zipfile
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -275,6 +279,13 @@ def _first_nonfinite(tensors: dict, where: str) -> str | None:
     return None
 
 
+class _NoSpaceError(OSError):
+    """ENOSPC while writing a checkpoint; its text is one line naming the file."""
+
+    def __str__(self) -> str:
+        return f"could not write checkpoint {self.filename}: no space left on device"
+
+
 def write_checkpoint(path: str | os.PathLike, ck: Checkpoint, *, recover: bool = False) -> Path:
     """Write ``ck`` atomically (temporary file beside ``path``, fsync, rename).
 
@@ -299,8 +310,9 @@ def write_checkpoint(path: str | os.PathLike, ck: Checkpoint, *, recover: bool =
     CheckpointError
         If a weight is NaN or Inf; nothing is written.
     OSError
-        ``ENOSPC`` naming ``path`` when the disk is full (the destination is untouched and
-        no temporary file is left); ``RecoveredError`` (an OSError) with ``recover``.
+        ``ENOSPC`` when the disk is full: ``could not write checkpoint PATH: no space left
+        on device`` (the destination untouched, no temporary left); ``RecoveredError``
+        (an OSError) with ``recover``.
     """
     from nlss_fenicsx import __version__
 
@@ -316,11 +328,22 @@ def write_checkpoint(path: str | os.PathLike, ck: Checkpoint, *, recover: bool =
         "versions": {"nlss_fenicsx": __version__, "torch": str(torch.__version__)},
     }
 
+    no_space = _NoSpaceError(errno.ENOSPC, "no space left on device", str(path))
+    weights = sum(t.nbytes for t in ck.state_dict.values() if isinstance(t, torch.Tensor))
+
     def write(tmp: Path) -> None:
-        # A file object, not a name: a full disk is then Python's OSError (ENOSPC), where
-        # torch's own writer reports an "unexpected pos" from its zip container.
-        with open(tmp, "wb") as fh:
-            torch.save(payload, fh)
+        # torch's zip writer reports a full disk as a RuntimeError ("unexpected pos"): it
+        # is one when the file system has less room left than the weights need.
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(payload, fh)
+        except OSError as err:
+            raise no_space if err.errno == errno.ENOSPC else err from None
+        except RuntimeError:
+            st = os.statvfs(tmp.parent)
+            if st.f_bavail * st.f_frsize < weights + 65536:
+                raise no_space from None
+            raise
 
     try:
         if recover:
@@ -331,9 +354,8 @@ def write_checkpoint(path: str | os.PathLike, ck: Checkpoint, *, recover: bool =
     except RecoveredError:
         raise
     except OSError as err:
-        if err.errno == errno.ENOSPC:
-            raise OSError(errno.ENOSPC, "no space left on device writing checkpoint",
-                          str(path)) from None
+        if err.errno == errno.ENOSPC:  # also fsync's, outside write()
+            raise no_space from None
         raise
     return path
 
@@ -347,6 +369,8 @@ def _load(path: Path, *, map_location: Any = "cpu", mmap: bool = False) -> dict:
         raise CheckpointError(f"checkpoint {path} is a directory, not a file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    if not mmap:  # the weights are read: check them against the container's CRCs
+        _check_crcs(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except PermissionError:
@@ -373,6 +397,22 @@ def _load(path: Path, *, map_location: Any = "cpu", mmap: bool = False) -> dict:
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks required entries {missing}")
     return payload
+
+
+def _check_crcs(path: Path) -> None:
+    """Refuse a checkpoint whose zip members fail their CRC check (damaged bytes)."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):  # not a zip (or truncated): torch.load names it
+        return
+    with archive:
+        try:
+            bad = archive.testzip()
+        except Exception as exc:  # noqa: BLE001 - a damaged header: the same one line
+            bad = f"? ({type(exc).__name__}: {exc})"
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: member {bad} fails its CRC "
+                              "check (the file was damaged after it was written)")
 
 
 def _settings(payload: dict, path: Path) -> ModelSettings:
@@ -421,9 +461,10 @@ def read_checkpoint(path: str | os.PathLike, *, arch: str | None = None,
     Raises
     ------
     CheckpointError
-        One line naming ``path``: missing, a directory, unreadable, truncated or corrupt, a
-        type the safe loader does not allow, another format, version or architecture,
-        missing entries, NaN or Inf in the weights.
+        One line naming ``path``: missing, a directory, unreadable, truncated or corrupt (a
+        zip member failing its CRC check names the member), a type the safe loader does
+        not allow, another format, version or architecture, missing entries, weights that
+        are not real floating point (complex, integer), NaN or Inf in the weights.
     """
     path = Path(path)
     payload = _load(path, map_location=map_location)
@@ -431,6 +472,11 @@ def read_checkpoint(path: str | os.PathLike, *, arch: str | None = None,
     if arch is not None and settings.arch != arch:
         raise CheckpointError(f"checkpoint {path} holds a {settings.arch.upper()} model; "
                               f"expected a {arch.upper()} one")
+    bad = next((f"{k} ({t.dtype})" for k, t in payload["state_dict"].items()
+                if isinstance(t, torch.Tensor) and not t.is_floating_point()), None)
+    if bad:  # complex (or integer) weights: loading would cast them with a warning
+        raise CheckpointError(f"checkpoint {path} has weight {bad}; expected real floating "
+                              "point weights only")
     for key in ("state_dict", "int8"):
         bad = _first_nonfinite(payload.get(key) or {}, key)
         if bad:
