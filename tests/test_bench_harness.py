@@ -133,6 +133,37 @@ def test_resume_of_another_family_is_refused(smoke, tmp_path):
         run_bench("diffusion", "smoke", tmp_path, resume=True, progress=False)
 
 
+@pytest.mark.parametrize(("edit", "expected"), [
+    ({"budget": {"N": 16}}, "budget.N is 16 there, 8 asked for"),
+    ({"budget": {"hidden": [64, 64], "note": "edited"}},
+     'budget.hidden is [64, 64] there, [32, 32] asked for; budget.note is "edited" there, '
+     '"CI smoke test: tiny sizes, a few tra... asked for'),
+    ({"budget": {"N": 8.0}}, "budget.N is 8.0 there, 8 asked for"),
+    ({"seeds": {"test": [1, 2, 3]}}, "seeds.test is [1, 2, 3] there, [7000, 7001, 7002] "
+                                     "asked for"),
+    ({"ranks": [4, 1000]}, "holds ranks [1000]; expected integers in 1..r_max=8"),
+])
+def test_resume_of_an_edited_run_is_refused_before_any_work(smoke, tmp_path, monkeypatch,
+                                                            edit, expected):
+    """A results file whose budget, seeds or ranks are not the requested run's: its tables
+    would describe settings the data was not measured with."""
+    out, _ = smoke
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NLSS_FENICSX_CACHE", str(cache))
+    res = json.loads((out / "results.json").read_text())
+    for key, value in edit.items():
+        res[key] = {**res[key], **value} if isinstance(value, dict) else value
+    (tmp_path / "results.json").write_text(json.dumps(res))
+    before = (tmp_path / "results.json").read_text()
+    with pytest.raises(ValueError) as err:
+        run_bench("screened_poisson", "smoke", tmp_path, resume=True, progress=False)
+    msg = str(err.value)
+    assert msg.startswith(f"{tmp_path / 'results.json'}: ") and "\n" not in msg
+    assert expected in msg and "run without --resume" in msg, msg
+    assert not cache.exists() and (tmp_path / "results.json").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"ranks": [4, 9]}, r"ranks must lie in 1..r_max=8 for budget 'smoke'; got \[9\]"),
     ({"budget": "huge"}, "Unrecognized budget 'huge'"),

@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from nlss_fenicsx.bench.results import SCHEMA_VERSION, load_results, validate_results
+from nlss_fenicsx.bench.results import (
+    SCHEMA_VERSION,
+    check_same_run,
+    load_results,
+    validate_results,
+)
 from tests.conftest import ROOT, mpiexec
 
 
@@ -55,6 +60,38 @@ def test_damaged_file_is_one_line_naming_it(tmp_path, content, expected):
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg and expected in msg, msg
     assert "run without --resume" in msg
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ('{"schema_version": ' + "9" * 5000 + "}", "Exceeds the limit (4300 digits)"),
+    ("[" * 100_000 + "]" * 100_000, "maximum recursion depth exceeded"),
+])
+def test_json_python_cannot_hold_is_one_line_naming_the_file(tmp_path, content, expected):
+    """Valid JSON Python's parser refuses: a 5000-digit integer, deep nesting."""
+    path = tmp_path / "results.json"
+    path.write_text(content)
+    with pytest.raises(ValueError) as err:
+        load_results(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: not valid JSON for a results file (") and "\n" not in msg
+    assert expected in msg and "run without --resume" in msg, msg
+
+
+def test_check_same_run_names_every_differing_field():
+    fresh = {"pde": "diffusion", "budget": {"N": 8, "hidden": (32, 32), "name": "smoke"},
+             "seeds": {"test": [7000], "train": 0}}
+    stored = json.loads(json.dumps(fresh))  # tuples stored as lists: the same run
+    check_same_run("r.json", stored, fresh)
+    stored["budget"]["N"], stored["seeds"]["train"] = 16, True
+    del stored["budget"]["hidden"]
+    with pytest.raises(ValueError) as err:
+        check_same_run("r.json", stored, fresh)
+    assert str(err.value) == (
+        'r.json: holds another run than the one asked for: budget.N is 16 there, 8 asked '
+        'for; budget.hidden is "missing" there, [32, 32] asked for; seeds.train is true '
+        "there, 0 asked for; move it away or run without --resume to start afresh")
+    with pytest.raises(ValueError, match="pde is \"anisotropic\" there, \"diffusion\""):
+        check_same_run("r.json", {**fresh, "pde": "anisotropic"}, fresh)
 
 
 def test_a_directory_is_one_line(tmp_path):

@@ -117,6 +117,35 @@ def test_smoke_scalability_then_resume(tmp_path, monkeypatch):
     assert "every instance here has its own mesh, so this run paid it for each" in text
 
 
+@pytest.mark.parametrize(("edit", "expected"), [
+    ({"pde": "anisotropic"}, 'pde is "anisotropic" there, "diffusion" asked for'),
+    ({"budget": {"scal_instances": 5}}, "budget.scal_instances is 5 there, 2 asked for"),
+])
+def test_resume_of_another_run_is_refused_before_any_work(tmp_path, monkeypatch, edit,
+                                                          expected):
+    from dataclasses import asdict
+
+    from nlss_fenicsx.bench.harness import BUDGETS
+    from nlss_fenicsx.bench.results import SCHEMA_VERSION
+
+    monkeypatch.setenv("NLSS_FENICSX_CACHE", str(tmp_path / "cache"))
+    smoke = BUDGETS["smoke"]
+    stored = {"schema_version": SCHEMA_VERSION, "kind": "scalability", "pde": "diffusion",
+              "budget": json.loads(json.dumps(asdict(smoke))), "sizes": [],
+              "machine": {"cpu": "x", "cores": 1, "python": "3", "versions": {}},
+              "started": "2025-01-01T00:00:00+00:00", "complete": False}
+    for key, value in edit.items():
+        stored[key] = {**stored[key], **value} if isinstance(value, dict) else value
+    path = tmp_path / "out" / "scalability.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(stored))
+    with pytest.raises(ValueError) as err:
+        run_scalability("diffusion", "smoke", path.parent, resume=True, progress=False)
+    assert str(err.value).startswith(f"{path}: holds another run than the one asked for: ")
+    assert expected in str(err.value)
+    assert not (tmp_path / "cache").exists() and sorted(path.parent.iterdir()) == [path]
+
+
 def test_nlss_at_n256_is_not_trained_and_says_why(monkeypatch):
     """The N=256 MLP (K = 256, r_max = 128) is never trained here: its parameter count and
     the memory training it needs are stated (12 bytes per parameter + the largest

@@ -35,7 +35,12 @@ from nlss_fenicsx.bench.instances import TEST_SEED, instances, run_instance
 from nlss_fenicsx.bench.methods import LEARNED, PEERS, MethodSpec, method_class
 from nlss_fenicsx.bench.progress import Progress
 from nlss_fenicsx.bench.report import frozen_heap, summarize, write_atomic, write_json
-from nlss_fenicsx.bench.results import SCHEMA_VERSION, load_results, require_one_rank
+from nlss_fenicsx.bench.results import (
+    SCHEMA_VERSION,
+    check_same_run,
+    load_results,
+    require_one_rank,
+)
 from nlss_fenicsx.bench.tables import plot_bench, render_tables
 
 __all__ = ["BUDGETS", "TEST_SEED", "Budget", "energy_vs_rank", "instances", "method_plan",
@@ -258,20 +263,27 @@ def _start(pde: str, budget: Budget, ranks, out: Path, resume: bool) -> dict:
     """Start a fresh results dict, or read the one on disk when resuming (one-line errors)."""
     from nlss_fenicsx.bench.machine import machine_info
 
-    if resume and (out / "results.json").exists():
-        res = load_results(out / "results.json")
-        if res["pde"] != pde or res["budget"].get("name") != budget.name:
-            raise ValueError(f"{out / 'results.json'} holds pde={res['pde']!r}, budget="
-                             f"{res['budget'].get('name')!r}; cannot resume pde={pde!r}, "
-                             f"budget={budget.name!r}")
-        res["ranks"] = sorted(set(res["ranks"]) | set(ranks))
-        res["complete"] = False
-        return res
-    return {"schema_version": SCHEMA_VERSION, "kind": "bench", "pde": pde,
-            "budget": {**asdict(budget), "hidden": list(budget.hidden)}, "ranks": list(ranks),
-            "seeds": {"test": [TEST_SEED + i for i in range(budget.instances)], "train": 0},
-            "machine": machine_info(), "models": {}, "methods": {},
-            "started": datetime.now(UTC).isoformat(timespec="seconds"), "complete": False}
+    fresh = {"schema_version": SCHEMA_VERSION, "kind": "bench", "pde": pde,
+             "budget": {**asdict(budget), "hidden": list(budget.hidden)}, "ranks": list(ranks),
+             "seeds": {"test": [TEST_SEED + i for i in range(budget.instances)], "train": 0},
+             "models": {}, "methods": {},
+             "started": datetime.now(UTC).isoformat(timespec="seconds"), "complete": False}
+    path = out / "results.json"
+    if not (resume and path.exists()):
+        return {**fresh, "machine": machine_info()}
+    res = load_results(path)
+    if res["pde"] != pde or res["budget"].get("name") != budget.name:
+        raise ValueError(f"{path} holds pde={res['pde']!r}, budget="
+                         f"{res['budget'].get('name')!r}; cannot resume pde={pde!r}, "
+                         f"budget={budget.name!r}")
+    check_same_run(path, res, fresh)  # every field of the budget, and the seeds
+    bad = [r for r in res["ranks"] if type(r) is not int or not 1 <= r <= budget.r_max]
+    if bad:
+        raise ValueError(f"{path}: holds ranks {bad}; expected integers in 1..r_max="
+                         f"{budget.r_max}; move it away or run without --resume")
+    res["ranks"] = sorted(set(res["ranks"]) | set(ranks))
+    res["complete"] = False
+    return res
 
 
 def run_bench(pde: str, budget: Budget | str, out: str | Path, *, ranks=None,
@@ -290,7 +302,9 @@ def run_bench(pde: str, budget: Budget | str, out: str | Path, *, ranks=None,
     ranks : sequence of int, optional
         Coarse ranks (default ``budget.ranks``), each in ``1..budget.r_max``.
     resume : bool
-        Continue from ``out/results.json``: methods already complete are not rerun.
+        Continue from ``out/results.json``: methods already complete are not rerun. The
+        file must hold the same family, budget (every field) and seeds; its ranks are
+        joined with ``ranks``.
     methods : tuple of str, optional
         Only these method names (e.g. ``("svd", "sine", "gamg")``; ``svd`` includes its
         many-sweeps and SciPy rows).
@@ -308,8 +322,8 @@ def run_bench(pde: str, budget: Budget | str, out: str | Path, *, ranks=None,
     ------
     ValueError
         Bad ranks, an unknown budget, more than one MPI rank, an output folder that cannot
-        be written (all raised before any work), or
-        a damaged ``results.json`` with ``resume`` (one line naming the file).
+        be written (all raised before any work), or a damaged ``results.json`` or one of
+        another run with ``resume`` (one line naming the file and what differs).
     """
     require_one_rank("nlss-fenicsx bench")
     budget = resolve_budget(budget)

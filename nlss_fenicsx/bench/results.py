@@ -36,7 +36,8 @@ import numpy as np
 
 from nlss_fenicsx.bench.report import PHASES
 
-__all__ = ["SCHEMA_VERSION", "load_results", "require_one_rank", "validate_results"]
+__all__ = ["SCHEMA_VERSION", "check_same_run", "load_results", "require_one_rank",
+           "validate_results"]
 
 SCHEMA_VERSION = 2
 _TOP = {
@@ -184,12 +185,69 @@ def load_results(path: str | os.PathLike, kind: str = "bench") -> dict:
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON, truncated or damaged ({err.msg}, line "
                          f"{err.lineno}, column {err.colno}){fresh}") from None
+    except (ValueError, RecursionError) as err:  # an integer of > 4300 digits, deep nesting
+        first = (str(err).splitlines() or [type(err).__name__])[0][:120]
+        raise ValueError(f"{path}: not valid JSON for a results file ({first}){fresh}") from None
     problems = validate_results(res, kind)
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise ValueError(f"{path}: not a valid {kind} results file: {problems[0]}{more}"
                          f"{fresh}")
     return res
+
+
+def _text(value) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_same_run(path: str | os.PathLike, stored: dict, fresh: dict,
+                   keys: tuple[str, ...] = ("pde", "budget", "seeds")) -> None:
+    """Refuse to resume ``stored`` unless the entries that define the run equal ``fresh``'s.
+
+    Each key is compared as JSON (so ``8`` and ``8.0`` differ); for an object (the budget,
+    the seeds) every field is compared, and each differing one is named.
+
+    Parameters
+    ----------
+    path : path-like
+        The results file, for the message.
+    stored : dict
+        What the file holds (:func:`load_results`).
+    fresh : dict
+        The results dict a fresh run with the requested settings would start from.
+    keys : tuple of str
+        The entries that define the run.
+
+    Raises
+    ------
+    ValueError
+        One line naming the file and every differing field with both values.
+
+    Examples
+    --------
+    >>> check_same_run("r.json", {"budget": {"N": 16}}, {"budget": {"N": 8}}, ("budget",))
+    Traceback (most recent call last):
+    ...
+    ValueError: r.json: holds another run than the one asked for: budget.N is 16 there, \
+8 asked for; move it away or run without --resume to start afresh
+    """
+    want = json.loads(json.dumps({k: fresh[k] for k in keys}))
+    diffs = []
+    for key in keys:
+        have, expect = stored.get(key), want[key]
+        if not (isinstance(have, dict) and isinstance(expect, dict)):
+            have, expect = {"": have}, {"": expect}
+        for field in sorted(set(have) | set(expect)):
+            mine, theirs = _text(have.get(field, "missing")), _text(expect.get(field, "missing"))
+            if mine != theirs:
+                name = f"{key}.{field}" if field else key
+                diffs.append(f"{name} is {mine} there, {theirs} asked for")
+    if diffs:
+        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise ValueError(f"{path}: holds another run than the one asked for: "
+                         f"{'; '.join(diffs[:3])}{more}; move it away or run without "
+                         "--resume to start afresh")
 
 
 def require_one_rank(what: str = "bench") -> None:

@@ -52,7 +52,12 @@ from nlss_fenicsx.bench.report import (
     write_atomic,
     write_json,
 )
-from nlss_fenicsx.bench.results import SCHEMA_VERSION, load_results, require_one_rank
+from nlss_fenicsx.bench.results import (
+    SCHEMA_VERSION,
+    check_same_run,
+    load_results,
+    require_one_rank,
+)
 
 __all__ = ["SCAL_METHODS", "fit_exponents", "plot_scalability", "render_scalability",
            "run_scalability", "scal_spec", "scal_train_config"]
@@ -191,14 +196,15 @@ def run_scalability(pde: str, budget: Budget | str, out: str | Path, *, sizes=No
         raise ValueError(f"scalability sizes must be >= 2, got {sizes}")
     out = check_destination(out, what="out", kind="dir")  # before any work
     path = out / "scalability.json"
+    fresh = {"schema_version": SCHEMA_VERSION, "kind": "scalability", "pde": pde,
+             "budget": {**asdict(budget), "hidden": list(budget.hidden)}, "sizes": [],
+             "started": datetime.now(UTC).isoformat(timespec="seconds"), "complete": False}
     if resume and path.exists():
         res = load_results(path, "scalability")
+        check_same_run(path, res, fresh, ("pde", "budget"))
         res["complete"] = False
     else:
-        res = {"schema_version": SCHEMA_VERSION, "kind": "scalability", "pde": pde,
-               "budget": {**asdict(budget), "hidden": list(budget.hidden)},
-               "machine": machine_info(), "sizes": [],
-               "started": datetime.now(UTC).isoformat(timespec="seconds"), "complete": False}
+        res = {**fresh, "machine": machine_info()}
     done = {s["N"] for s in res["sizes"]}
     todo = [N for N in sizes if N not in done]
     t_start = time.perf_counter()
