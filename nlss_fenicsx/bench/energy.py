@@ -112,11 +112,40 @@ def plot_energy(result: dict, path: Path) -> Path:
 
 def run_energy(cfg: EnergyConfig, out: str | Path, *, progress: bool = True,
                log=print) -> dict:
-    """Train both models (or resume them from ``out``), evaluate, write JSON and PNG."""
+    """Train both models (or take them from the model cache), evaluate, write JSON and PNG.
+
+    The models are :func:`nlss_fenicsx.nn.cache.cached_model` entries, keyed by their
+    training settings: the same ``cfg`` reuses (or resumes) them, other settings train
+    new ones, whatever ``out`` is.
+
+    Parameters
+    ----------
+    cfg : EnergyConfig
+        The experiment's settings.
+    out : str or pathlib.Path
+        Folder for ``energy_<pde>.json`` and ``energy_<pde>.png``.
+    progress : bool
+        Progress of the dataset generation and the training.
+    log : callable
+        Where training and cache messages go.
+
+    Returns
+    -------
+    dict
+        Per loss the mean captured energy and the gap to the SVD (mean, quartiles) at
+        r = 1..K, and the SVD's mean captured energy.
+
+    Raises
+    ------
+    ValueError
+        More than one MPI rank, or an ``out`` that cannot be written (before any work).
+    OSError
+        The model cache cannot be written and lacks the models, or the disk is full.
+    """
     from nlss_fenicsx._atomic import check_destination
     from nlss_fenicsx.bench.results import require_one_rank
-    from nlss_fenicsx.nn.data import cache_dir, load_dataset
-    from nlss_fenicsx.nn.train import train
+    from nlss_fenicsx.nn.cache import cached_model
+    from nlss_fenicsx.nn.data import load_dataset
 
     require_one_rank("nlss-fenicsx energy")
     out = check_destination(out, what="out", kind="dir")  # before any training
@@ -127,10 +156,8 @@ def run_energy(cfg: EnergyConfig, out: str | Path, *, progress: bool = True,
     _, S_test = load_dataset(tc.data, n_train=cfg.n_train, n_test=cfg.n_test, seed=cfg.seed,
                              progress=progress)
     for loss in ("nlss", "subspace"):
-        tcl = replace(tc, loss=loss)
-        # Checkpoints live in the cache, not beside the (committed) results.
-        ckpt = cache_dir() / "energy" / f"{cfg.pde}_N{cfg.N}_K{cfg.K}_{loss}_s{cfg.seed}.pt"
-        model = train(tcl, ckpt, progress=progress, log=log)
+        # In the model cache (not beside the committed results), keyed by the settings.
+        model, _, _ = cached_model(replace(tc, loss=loss), progress=progress, log=log)
         curves = truncation_energy(model, S_test)
         gap = curves["svd"] - curves["model"]
         result["losses"][loss] = {
