@@ -138,7 +138,7 @@ def lambda_max_pc(A, pc, *, seed: int = 0, node_order: np.ndarray | None = None,
     return theta
 
 
-def check_coarse(comm, Ac, *, singular: bool = False) -> bool:
+def check_coarse(comm, Ac, *, singular: bool = False, pin: bool = False):
     """Raise NotSPDError (every rank) unless ``Ac`` is SPD; False where only symmetry was checked.
 
     The PC's check of its Galerkin operator (moved here from :mod:`nlss_fenicsx.petsc`):
@@ -148,7 +148,14 @@ def check_coarse(comm, Ac, *, singular: bool = False) -> bool:
 
     With a nullspace attached to A (``singular``), A is only semi-definite and so may be
     Ac (e.g. smoothed aggregation's P contains the constant): then Ac must be symmetric
-    positive semi-definite, and the coarse solve is a pseudo-inverse (PCSVD).
+    positive semi-definite. Its null vectors ``Z`` (eigenvalues below ``1e-10 lambda_max``)
+    then give the coarse solver's matrix (``pin=True``): ``Ac + beta sum_k e_k e_k^T`` over
+    ``m = dim null(Ac)`` pivots ``k`` where ``Z[k, :]`` is best conditioned (pivoted QR of
+    ``Z^T``), ``beta`` the largest diagonal entry. That matrix is SPD, its Cholesky solve of
+    a consistent right-hand side (``P^T r`` with ``r`` orthogonal to ``null(A)``) is the
+    solution with ``y_k = 0``, and ``P y`` differs from the pseudo-inverse's only in
+    ``null(A)``, which CG removes. Above the dense size it falls back to PCSVD (a dense SVD
+    in PETSc: about a minute at r = 1,100 here).
 
     Parameters
     ----------
@@ -157,10 +164,13 @@ def check_coarse(comm, Ac, *, singular: bool = False) -> bool:
     singular : bool
         ``A`` has a nullspace attached.
 
+    pin : bool
+        Also return the coarse solver's matrix (``Ac`` itself unless pinned, see above).
+
     Returns
     -------
-    bool
-        True when the dense check ran.
+    bool or (bool, petsc4py.PETSc.Mat)
+        True when the dense check ran; with ``pin``, also the coarse solver's matrix.
 
     Raises
     ------
@@ -178,14 +188,15 @@ def check_coarse(comm, Ac, *, singular: bool = False) -> bool:
         full = np.concatenate(comm.allgather(rows), axis=0)
         if not singular:
             check_coarse_spd(full)  # the same data on every rank: the same outcome
-            return True
-        lam = np.linalg.eigvalsh(0.5 * (full + full.T)) if np.isfinite(full).all() else [-1]
+            return (True, Ac) if pin else True
+        finite = np.isfinite(full).all()
+        lam, Z = np.linalg.eigh(0.5 * (full + full.T)) if finite else ([-1.0], None)
         if not (np.abs(full - full.T).max() <= 1e-10 * np.abs(full).max()
                 and lam[0] >= -1e-10 * max(lam[-1], 0.0)):
             raise NotSPDError(f"coarse operator Ac = P^T A P ({r} x {r}) is not symmetric "
                               "positive semi-definite although A has a nullspace attached; "
                               "A must be symmetric positive semi-definite")
-        return True
+        return (True, _pinned(Ac, full, lam, Z)) if pin else True
     AcT = Ac.transpose(PETSc.Mat())  # out of place
     scale = Ac.norm(PETSc.NormType.FROBENIUS)
     AcT.axpy(-1.0, Ac, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
@@ -195,7 +206,24 @@ def check_coarse(comm, Ac, *, singular: bool = False) -> bool:
         raise NotSPDError(f"coarse operator Ac = P^T A P ({r} x {r}) is not symmetric "
                           f"positive definite (|Ac - Ac^T|_F = {asym:.3e}, |Ac|_F = "
                           f"{scale:.3e}); A must be SPD and P of full column rank")
-    return False
+    return (False, Ac) if pin else False
+
+
+def _pinned(Ac, full: np.ndarray, lam: np.ndarray, Z: np.ndarray):
+    """``Ac + beta sum_k e_k e_k^T`` over pivots of ``null(Ac)`` (see :func:`check_coarse`)."""
+    from scipy.linalg import qr
+
+    Z = Z[:, lam <= 1e-10 * lam[-1]]
+    if Z.shape[1] == 0:
+        return Ac  # P misses null(A): Ac is SPD
+    pivots = qr(Z.T, pivoting=True, mode="r")[1][:Z.shape[1]]
+    pinned = Ac.duplicate(copy=True)
+    lo, hi = pinned.getOwnershipRange()
+    beta = float(np.diag(full).max())
+    for k in pivots[(pivots >= lo) & (pivots < hi)]:
+        pinned.setValue(int(k), int(k), beta, addv=PETSc.InsertMode.ADD_VALUES)
+    pinned.assemble()
+    return pinned
 
 
 def set_up_with_options(target, prefix: str, wanted: dict) -> None:

@@ -393,12 +393,11 @@ class TwoGridPC:
             levels.check_mg_options({**self._mg_user, **present}.items())
         self._P_mat = P_mat = la.mat_from_rows(A, P) if P_mat is None else P_mat
         self.coarse_size = P_mat.getSize()[1]
-        # Galerkin Ac formed here rather than by PCMG: PCMG's own product puts 1 on an
-        # empty diagonal, which would hide a rank-deficient P.
+        # Ac formed here: PCMG's product puts 1 on an empty diagonal (hides a rank-deficient P)
         self._Ac = Ac = A.ptap(P_mat)
         nullspace = A.getNullSpace()
         singular = nullspace is not None and bool(nullspace.handle)
-        dense_checked = levels.check_coarse(comm, Ac, singular=singular)
+        dense_checked, ac_solve = levels.check_coarse(comm, Ac, singular=singular, pin=True)
         mg = PETSc.PC().create(comm=comm)
         self.inner = mg
         mg.setOptionsPrefix(prefix)
@@ -408,10 +407,10 @@ class TwoGridPC:
         mg.setMGType(PETSc.PC.MGType.MULTIPLICATIVE)
         mg.setMGCycleType(PETSc.PC.MGCycleType.V)
         mg.setMGInterpolation(1, P_mat)
-        mg.getMGCoarseSolve().setOperators(Ac, Ac)
+        mg.getMGCoarseSolve().setOperators(Ac, ac_solve)  # Ac, or Ac pinned if singular
         if self._icc is not None:  # already factored (for the estimate): not again
             mg.getMGSmoother(1).setPC(self._icc)
-        self._singular = singular
+        self._singular, self._svd = singular, singular and not dense_checked
         self._configure(pc, mg, opts, comm)
         levels.check_coarse_solver(mg, dense_checked)
 
@@ -419,7 +418,7 @@ class TwoGridPC:
         """Our options for the inner PCMG (or its level smoother on a refresh), then set up."""
         wanted = {**levels.mg_defaults(opts.smoother, opts.nu, omega=self.omega,
                                         interval=self._interval, parallel=comm.size > 1,
-                                        singular=self._singular),
+                                        singular=self._svd),
                   **self._mg_user}
         levels.set_up_with_options(target, (pc.getOptionsPrefix() or "") + "nlss_mg_", wanted)
 
@@ -432,11 +431,12 @@ class TwoGridPC:
         self._weights(A, comm, opts, order, False)
         t1 = time.perf_counter()
         self._Ac = A.ptap(self._P_mat, result=self._Ac)
-        dense_checked = levels.check_coarse(comm, self._Ac, singular=self._singular)
+        dense_checked, ac_solve = levels.check_coarse(comm, self._Ac, singular=self._singular,
+                                                   pin=True)
         mg = self.inner
         mg.setOperators(A, A)
         mg.getMGSmoother(1).setOperators(A, A)  # PCMG keeps a level's operators once set
-        mg.getMGCoarseSolve().setOperators(self._Ac, self._Ac)
+        mg.getMGCoarseSolve().setOperators(self._Ac, ac_solve)
         self._configure(pc, mg.getMGSmoother(1), opts, comm)  # new weight or interval
         mg.setUp()
         levels.check_coarse_solver(mg, dense_checked)

@@ -64,6 +64,34 @@ def test_coarse_check_dense_and_refusal():
         levels.check_coarse(MPI.COMM_SELF, bad)
 
 
+@pytest.mark.parametrize("nullity", [1, 2])
+def test_a_singular_coarse_operator_is_pinned_and_solves_consistent_systems(nullity):
+    """Pure-Neumann Laplacians (one chain, or two disjoint chains: nullity 1 or 2)."""
+    from mpi4py import MPI
+
+    blocks = []
+    for _ in range(nullity):
+        L = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(8, 8)).tolil()
+        L[0, 0] = L[-1, -1] = 1.0
+        blocks.append(L)
+    Ac = sp.block_diag(blocks).toarray()
+    dense = PETSc.Mat().createDense(Ac.shape, array=Ac.copy(), comm=PETSc.COMM_SELF)
+    checked, pinned = levels.check_coarse(MPI.COMM_SELF, dense, singular=True, pin=True)
+    M = pinned.getDenseArray().copy()
+    assert checked and np.linalg.eigvalsh(M).min() > 0  # SPD
+    assert np.linalg.matrix_rank(M - Ac) == nullity  # only diagonal pins added
+    lam, V = np.linalg.eigh(Ac)
+    b = Ac @ np.random.default_rng(0).standard_normal(Ac.shape[0])  # consistent
+    y = np.linalg.solve(M, b)
+    assert np.allclose(Ac @ y, b, atol=1e-12 * np.abs(b).max())
+    # differs from the pseudo-inverse solution only in null(Ac)
+    d = y - np.linalg.pinv(Ac) @ b
+    assert np.allclose(d - V[:, :nullity] @ (V[:, :nullity].T @ d), 0, atol=1e-10)
+    spd = PETSc.Mat().createDense((2, 2), array=np.array([[2.0, -1.0], [-1.0, 2.0]]),
+                                  comm=PETSc.COMM_SELF)
+    assert levels.check_coarse(MPI.COMM_SELF, spd, singular=True, pin=True)[1] is spd
+
+
 # ------------------------------------------------------------------ the inner PCMG's options
 def test_mg_options_structure_and_level_smoother_refused_coarse_honoured():
     levels.check_mg_options([("mg_coarse_pc_type", "lu"), ("mg_coarse_ksp_type", "preonly"),
