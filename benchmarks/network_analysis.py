@@ -99,8 +99,8 @@ def analyse(pde: str, budget, count: int, ranks, log=print) -> dict:
         full["sine"] = coarse_basis("sine", A, r=r_top, node_order=order)
         R = family_reference(system, pde, budget.N, mesh_seed=TEST_SEED + i)
         full["eig-ref"] = coarse_basis("eig-ref", A, r=r_top, reference=R)
-        if first is None:
-            first = full["network"]
+        if first is None:  # in node (grid) order: each instance's mesh numbers its dofs anew
+            first = full["network"][order]
         for r in ranks:  # every basis is nested: its first r columns are its rank-r basis
             P = {name: B[:, :r] for name, B in full.items()}
             for name in BASES:
@@ -108,10 +108,11 @@ def analyse(pde: str, budget, count: int, ranks, log=print) -> dict:
                 rec = run_method(system, MethodSpec("svd", rank=r, K=budget.K), P=P[name])
                 per[r]["iterations"][name].append(int(rec.iterations))
             others = {"SVD of S": P["SVD of S"], "sine": P["sine"], "eig-ref": P["eig-ref"]}
-            if i:  # the network's basis on instance 0 against its basis on the others
-                others["network on instance 0"] = first[:, :r]
             for name, Q in others.items():
                 per[r]["angles"][name].append(angles(P["network"], Q))
+            if i:  # the network's basis on instance 0 against its basis here, both by node
+                per[r]["angles"]["network on instance 0"].append(
+                    angles(P["network"][order], first[:, :r]))
         log(f"[network] {pde} instance {i + 1}/{count}: {time.perf_counter() - t0:.1f} s")
     out = {"model": model, "N": budget.N, "K": budget.K, "instances": count,
            "seeds": [TEST_SEED + i for i in range(count)], "ranks": {}}

@@ -91,3 +91,25 @@ def test_ranks_beyond_the_model_are_refused_before_any_work(tmp_path, capsys):
     assert err.value.code == 2
     assert "--ranks must lie in 1..8 for budget 'smoke'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_the_network_is_compared_across_instances_node_by_node(run):
+    """Each instance's mesh numbers its dofs anew: instance 0's basis and instance 1's are
+    compared in node order (recomputed here through the public model API and SciPy)."""
+    from nlss_fenicsx.bench.instances import TEST_SEED, instances
+    from nlss_fenicsx.nn.inference import load_model
+    from nlss_fenicsx.smoothing import smoothed_vectors
+
+    _, report = run
+    d = report["pdes"]["diffusion"]
+    systems = instances("diffusion", 8, 2)[0]
+    assert not np.array_equal(systems[0].grid_order, systems[1].grid_order)
+    net = load_model(d["model"]["path"], precision="float32")
+    P = []
+    for i, s in enumerate(systems):
+        S = smoothed_vectors(s.A_csr, 8, sweeps=10, omega=0.66, rng=TEST_SEED + i)
+        P.append(net.basis(S, 8, node_order=s.grid_order)[s.grid_order])  # dof -> node order
+    theta = sla.subspace_angles(P[0][:, :4], P[1][:, :4])
+    got = d["ranks"]["4"]["angles"]["network on instance 0"]["per_instance"][0]
+    assert got["max_deg"] == pytest.approx(np.degrees(theta.max()), abs=1e-6)
+    assert got["mean_cos2"] == pytest.approx(np.mean(np.cos(theta) ** 2), abs=1e-9)
