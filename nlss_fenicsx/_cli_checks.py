@@ -408,7 +408,7 @@ def _from_model(args) -> dict:
         if args.__dict__[name] is None:
             args.__dict__[name] = getattr(opts, field)
             taken[name] = f"{args.rank} (r_max)" if name == "rank" else getattr(opts, field)
-    if args.omega is None and settings.omega is not None:
+    if settings.omega is not None:  # S is smoothed as in training; --omega is the cycle's
         taken["omega of S"] = settings.omega
     return {**merge_model_settings(args, settings, str(args.model)), **taken}
 
@@ -424,6 +424,11 @@ def resolve_solve(args, comm) -> dict:
         raise UsageError("--coarse fixed needs --basis PATH (see `nlss-fenicsx basis`)")
     ignored = [f"--{k}" for k in ("rank", "K", "sweeps") if getattr(args, k) is not None
                and (args.coarse == "sa" or (k != "rank" and args.coarse not in USES_S))]
+    ignored += ["--basis"] if args.basis is not None and args.coarse != "fixed" else []
+    if args.coarse == "fixed" and args.rank is None:  # the file's r_max, as a model's
+        from nlss_fenicsx.basisfile import load_basis
+
+        args.rank = load_basis(args.basis)[1]["r_max"]
     if ignored and (comm is None or comm.rank == 0):
         print(f"nlss-fenicsx solve: note: {', '.join(ignored)} not used by --coarse "
               f"{args.coarse} (ignored)", file=sys.stderr)

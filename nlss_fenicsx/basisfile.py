@@ -121,14 +121,17 @@ def load_basis(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
     try:
         with np.load(path, allow_pickle=False) as data:
             if set(data.files) != {"P", "meta"}:
-                raise ValueError(f"{where}: not a basis file (members {sorted(data.files)}, "
-                                 "expected ['P', 'meta'])")
+                found = sorted(data.files)
+                found = found if len(found) <= 4 else found[:4] + [f"{len(found) - 4} more"]
+                raise ValueError(f"{where}: not a basis file (members {found}, expected "
+                                 "['P', 'meta'])")
             P = np.array(data["P"])
             meta = json.loads(str(data["meta"]))
     except ValueError as err:
         if str(err).startswith(where):
             raise
-        raise ValueError(f"{where}: not a basis file ({err})") from err
+        raise ValueError(f"{where}: not a basis file (expected an .npz written by "
+                         "`nlss-fenicsx basis` or save_basis)") from err
     except (OSError, zipfile.BadZipFile, EOFError) as err:
         raise ValueError(f"{where}: unreadable or truncated ({err})") from err
     if not isinstance(meta, dict) or meta.get("format") != BASIS_FORMAT:

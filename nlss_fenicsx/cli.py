@@ -13,6 +13,7 @@ import contextlib
 import os
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
 from nlss_fenicsx._cli_checks import (
@@ -94,7 +95,9 @@ def _cmd_solve(args, comm) -> int:
                       nu=args.nu, omega=args.omega, smoother=args.smoother, rtol=args.rtol,
                       path=args.path, model=str(args.model) if args.model else None,
                       seed=args.seed, basis=str(args.basis) if args.basis else None)
-    run_method(system, spec)  # warm-up: first-call costs are not per-instance costs
+    with warnings.catch_warnings():  # its notes (e.g. a clipped rank) come with the timed run
+        warnings.simplefilter("ignore")
+        run_method(system, spec)  # warm-up: first-call costs are not per-instance costs
     rec = run_method(system, spec)
     where = f"mesh {args.mesh}" if args.mesh else f"N={args.N}"
     print(f"{args.pde} {where} (n={system.n}), preset {args.preset}, seed {args.seed}"
@@ -104,6 +107,8 @@ def _cmd_solve(args, comm) -> int:
         print(f"from the model {args.model}: "
               + ", ".join(f"{k}={v}" for k, v in taken.items()))
     size = f"rank {rec.rank}" if rec.rank else f"coarse size {rec.coarse_size}"
+    if rec.rank and rec.coarse_size is not None and rec.coarse_size < rec.rank:
+        size = f"rank {rec.coarse_size} (clipped from {rec.rank})"
     s_part = f", K={args.K}, {args.sweeps} sweeps" if args.coarse in USES_S else ""
     print(f"method {rec.method} ({size}{s_part}, {args.smoother} nu={args.nu}, "
           f"{args.path} path)")
@@ -279,6 +284,8 @@ def _sub(sub, name: str, helptext: str, description: str, func):
                        epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(func=func)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the traceback of a failure (also NLSS_FENICSX_DEBUG=1)")
     return p
 
 

@@ -400,8 +400,9 @@ def _eig(layout, A_local, *, r, **_):
 def _fixed(layout, A_local, *, r, order, basis_file, **_):
     def read():
         if basis_file is None:
-            raise ValueError("coarse kind fixed needs basis_file (written by save_basis or "
-                             "`nlss-fenicsx basis`)")
+            raise ValueError("coarse kind fixed needs a basis file (option nlss_basis, CLI "
+                             "--basis, argument basis_file), written by `nlss-fenicsx basis` "
+                             "or save_basis")
         P_file, meta = load_basis(basis_file)
         if meta["n"] != layout.n:
             raise ValueError(f"basis file {basis_file}: built for n = {meta['n']}, but A has "

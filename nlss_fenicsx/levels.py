@@ -51,7 +51,13 @@ def icc_preconditioner(A) -> PETSc.PC:
     ------
     petsc4py.PETSc.Error
         If PETSc cannot factor ``A`` (e.g. a zero or NaN diagonal).
+    ValueError
+        If ``A`` has a nullspace attached (semi-definite: ICC(0) and its estimate break down).
     """
+    nullspace = A.getNullSpace()
+    if nullspace is not None and bool(nullspace.handle):  # the same on every rank
+        raise ValueError("nlss_smoother icc needs a nonsingular A, but this A has a nullspace "
+                         "attached (semi-definite); use nlss_smoother jacobi, chebyshev or sor")
     comm = A.getComm()
     pc = PETSc.PC().create(comm=comm)
     pc.setOperators(A, A)

@@ -562,3 +562,28 @@ def test_basis_written_once_then_used_by_solve(kind, tmp_path):
     other = cli("solve", "--N", "16", "--coarse", "fixed", "--basis", out, "--rank", "8",
                 tmp_path=tmp_path)
     assert_one_line(other, "solve", str(out))  # a basis for another mesh: refused
+
+
+def test_fixed_takes_its_rank_from_the_file_and_runs_on_both_paths(tmp_path):
+    out = tmp_path / "sine.npz"
+    assert cli("basis", "--kind", "sine", "--N", "8", "--rank", "6", "--out", out,
+               tmp_path=tmp_path).returncode == 0
+    its = {}
+    for path in ("petsc", "scipy"):
+        proc = cli("solve", "--N", "8", "--coarse", "fixed", "--basis", out, "--path", path,
+                   tmp_path=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert re.search(r"method fixed basis (\(SciPy\) )?\(rank 6,", proc.stdout)  # r_max, not 48
+        its[path] = re.search(r"iterations (\d+)", proc.stdout).group(1)
+    assert its["petsc"] == its["scipy"]
+    noted = cli("solve", "--N", "8", "--coarse", "svd", "--rank", "4", "--basis", out,
+                tmp_path=tmp_path)
+    assert noted.returncode == 0 and "--basis not used by --coarse svd" in noted.stderr
+
+
+def test_a_clipped_rank_is_noted_once_and_reported_as_used(tmp_path):
+    proc = cli("solve", "--N", "8", "--coarse", "sine", "--rank", "60", "--debug",
+               tmp_path=tmp_path)  # --debug after the command is accepted
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("nlss_rank clipped to 49") == 1, proc.stderr
+    assert "method sine (rank 49 (clipped from 60)" in proc.stdout

@@ -437,7 +437,7 @@ def test_basis_file_mismatch_is_refused_in_one_line(tmp_path):
         (grid_instance(8), np.arange(81), {}, r"b.npz: built for n = 121, but A has n = 81"),
         (A, order, {"r": 21}, r"b.npz: holds r_max = 20 columns, asked for r = 21"),
         (A, None, {}, "fixed needs the node order"),
-        (A, order, {"basis_file": None}, "fixed needs basis_file"),
+        (A, order, {"basis_file": None}, "fixed needs a basis file .option nlss_basis"),
         (A, order, {"basis_file": tmp_path / "none.npz"}, "none.npz: not found"),
     ]
     for A_, order_, kw, match in cases:

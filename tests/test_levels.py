@@ -133,3 +133,13 @@ def test_mg_defaults_per_smoother():
     assert levels.mg_defaults("jacobi", 1, omega=1.0, singular=True)["mg_coarse_pc_type"] == "svd"
     assert levels.mg_defaults("jacobi", 1, omega=1.0, singular=True,
                        parallel=True)["mg_coarse_redundant_pc_type"] == "svd"
+
+
+def test_icc_refuses_a_matrix_with_a_nullspace_in_one_line():
+    L = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(6, 6)).tolil()
+    L[0, 0] = L[-1, -1] = 1.0  # pure Neumann: the constants are its nullspace
+    M = _aij(L)
+    M.setNullSpace(PETSc.NullSpace().create(constant=True, comm=PETSc.COMM_SELF))
+    with pytest.raises(ValueError, match=r"^nlss_smoother icc needs a nonsingular A, but this "
+                                         r"A has a nullspace attached .* jacobi, chebyshev"):
+        levels.icc_preconditioner(M)

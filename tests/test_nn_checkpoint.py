@@ -162,8 +162,10 @@ def test_unreadable_files_are_one_line_each(tmp_path):
              "v1.pt": "expected format 'nlss_fenicsx.checkpoint', got 'nlss_fenicsx.NLSSModel'",
              "v3.pt": "has format version 3; this nlss_fenicsx reads version 2",
              "partial.pt": r"lacks required entries \['state_dict'\]",
-             "settings.pt": "has invalid settings"}
+             "settings.pt": "has invalid settings",
+             "text.pt": r"text.pt is truncated or corrupt, or not a checkpoint \(no zip archive"}
     (tmp_path / "folder.pt").mkdir()
+    (tmp_path / "text.pt").write_text("not a checkpoint\n")  # torch's message names mmap
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
     (tmp_path / "garbage.pt").write_bytes(np.random.default_rng(0).bytes(4096))
     torch.save({"format": "something-else"}, tmp_path / "other.pt")

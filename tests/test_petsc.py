@@ -431,8 +431,8 @@ def test_pure_neumann_with_its_nullspace_attached(coarse):
     assert npc.check_converged(ksp) < 30
     inner = ksp.getPC().getPythonContext().inner
     assert inner.getMGCoarseSolve().getPC().getType() == "cholesky"
-    Ac, Ac_solve = inner.getMGCoarseSolve().getOperators()
-    pins = (la.petsc_to_csr(Ac_solve) - la.petsc_to_csr(Ac)).toarray()
+    Ac, ac_solve = inner.getMGCoarseSolve().getOperators()
+    pins = (la.petsc_to_csr(ac_solve) - la.petsc_to_csr(Ac)).toarray()
     assert np.count_nonzero(pins) == (0 if coarse == "svd" else 1)  # sa, eig: P holds 1
     dense = la.petsc_to_csr(A).toarray()
     n = len(dense)

@@ -311,7 +311,7 @@ def _twogrid_scipy(system, spec: MethodSpec, history: bool, reference=None) -> R
     timings: dict = {}
     P = coarse_basis(spec.coarse, A, r=spec.rank, S=S, model=model,
                      node_order=system.grid_order, reference=reference, seed=spec.seed,
-                     timings=timings)
+                     basis_file=spec.basis, timings=timings)
     t2 = time.perf_counter()
     tg = TwoGrid(A, P, smoother=spec.smoother, nu=spec.nu, omega=spec.omega)
     t3 = time.perf_counter()

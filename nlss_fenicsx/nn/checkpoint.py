@@ -369,6 +369,10 @@ def _load(path: Path, *, map_location: Any = "cpu", mmap: bool = False) -> dict:
         raise CheckpointError(f"checkpoint {path} is a directory, not a file")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (or is not a file)")
+    if not zipfile.is_zipfile(path):  # torch's own message here names its internals
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt, or not a "
+                              "checkpoint (no zip archive; expected a .pt written by "
+                              "`nlss-fenicsx train`)")
     if not mmap:  # the weights are read: check them against the container's CRCs
         _check_crcs(path)
     try:
