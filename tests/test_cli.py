@@ -292,6 +292,9 @@ def test_solve_takes_the_models_settings(tiny_model, tmp_path):
     assert proc.returncode == 0 and "(rank 4," in proc.stdout, proc.stderr
     proc = cli("solve", "--model", tiny_model, "--K", "8", tmp_path=tmp_path)
     assert proc.returncode == 0 and "(rank 8," in proc.stdout, proc.stderr
+    # --omega is the cycle's weight: S is still smoothed with the model's, and says so.
+    proc = cli("solve", "--model", tiny_model, "--omega", "0.5", tmp_path=tmp_path)
+    assert proc.returncode == 0 and "omega of S=0.66" in proc.stdout, proc.stderr
 
 
 @pytest.mark.parametrize(("args", "expected"), [
