@@ -280,8 +280,13 @@ def test_solve_takes_the_models_settings(tiny_model, tmp_path):
         assert item in taken, taken
     assert "pde=" not in taken  # given, not taken
     assert "n=81" in proc.stdout and "K=8" in proc.stdout
-    its = int(re.search(r"iterations (\d+), final relative residual (\S+)", proc.stdout)[1])
-    assert 1 <= its < 100
+    its = re.search(r"iterations (\d+), final relative residual (\S+)", proc.stdout)
+    # Reference: the same solve with every setting given explicitly, as before issue 18.
+    explicit = cli("solve", "--pde", "diffusion", "--coarse", "nlss", "--model", tiny_model,
+                   "--N", "8", "--K", "8", "--sweeps", "10", "--rank", "8", tmp_path=tmp_path)
+    assert explicit.returncode == 0, explicit.stderr
+    assert re.search(r"iterations (\d+), final relative residual (\S+)",
+                     explicit.stdout).groups() == its.groups()
     # --model alone: the coarse kind is the model's, and the PDE family too.
     proc = cli("solve", "--model", tiny_model, tmp_path=tmp_path)
     assert proc.returncode == 0, proc.stderr
