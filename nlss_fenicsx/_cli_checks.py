@@ -55,6 +55,10 @@ USES_S = ("svd", *LEARNED)  # the coarse kinds built from the smoothed vectors S
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 1, 2, 70, 130
 GRACE_SECONDS = 10.0
 """How long a failing MPI rank waits for the others to fail too before it aborts the job."""
+DRAIN_SECONDS = 0.5
+"""How long a rank waits between printing its line and MPI Abort: the launcher forwards a
+rank's stderr asynchronously, and an abort that comes first can drop the line (seen under load
+with MPICH Hydra 5.0)."""
 
 
 class UsageError(ValueError):
@@ -297,6 +301,7 @@ def report(line: str, code: int, comm, handshake) -> int:
         if time.monotonic() > deadline:
             print(f"{line} [MPI rank {comm.rank} of {comm.size}; the other ranks did not "
                   "stop: aborting]", file=sys.stderr, flush=True)
+            time.sleep(DRAIN_SECONDS)
             comm.Abort(code)
         time.sleep(0.005)
     if comm.rank == 0:
